@@ -1,0 +1,98 @@
+"""Building blocks shared by SAM's encoder and decoder: MLPs and activations."""
+
+import keras
+from keras import layers, ops
+
+
+def get_activation(name):
+    """Returns the activation callable for an HF `hidden_act` name.
+
+    HF's "gelu" is the exact erf form; "gelu_tanh" is offered for runtimes without erf
+    (e.g. some TFLite delegates) at a small numerical cost.
+    """
+    if name == "gelu":
+        return lambda x: ops.gelu(x, approximate=False)
+    if name in ("gelu_tanh", "gelu_pytorch_tanh", "gelu_new"):
+        return lambda x: ops.gelu(x, approximate=True)
+    if name == "relu":
+        return ops.relu
+    raise ValueError(f"Unsupported activation {name!r}; use 'gelu', 'gelu_tanh' or 'relu'.")
+
+
+@keras.saving.register_keras_serializable(package="tf_sam")
+class SamMLPBlock(layers.Layer):
+    """Two dense layers with an activation between them (`lin1`, `lin2`).
+
+    Args:
+        hidden_size: input and output width `C`.
+        mlp_dim: inner width.
+        activation: HF activation name.
+
+    Shapes: `(..., C)` -> `(..., C)`.
+    """
+
+    def __init__(self, hidden_size, mlp_dim, activation="gelu", **kwargs):
+        super().__init__(**kwargs)
+        self.hidden_size = hidden_size
+        self.mlp_dim = mlp_dim
+        self.activation = activation
+        self._act = get_activation(activation)
+        self.lin1 = layers.Dense(mlp_dim, name="lin1")
+        self.lin2 = layers.Dense(hidden_size, name="lin2")
+
+    def build(self, input_shape):
+        self.lin1.build(input_shape)
+        self.lin2.build(tuple(input_shape[:-1]) + (self.mlp_dim,))
+
+    def call(self, x):
+        return self.lin2(self._act(self.lin1(x)))
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(hidden_size=self.hidden_size, mlp_dim=self.mlp_dim, activation=self.activation)
+        return config
+
+
+@keras.saving.register_keras_serializable(package="tf_sam")
+class SamFeedForward(layers.Layer):
+    """`num_layers` dense layers with ReLU between them, as in SAM's decoder heads.
+
+    Weights are named `proj_in`, `layers_{i}`, `proj_out` after HF's module names.
+
+    Shapes: `(..., input_dim)` -> `(..., output_dim)`.
+    """
+
+    def __init__(self, input_dim, hidden_dim, output_dim, num_layers, sigmoid_output=False, **kwargs):
+        super().__init__(**kwargs)
+        if num_layers < 2:
+            raise ValueError(f"SamFeedForward needs num_layers >= 2, got {num_layers}.")
+        self.input_dim = input_dim
+        self.hidden_dim = hidden_dim
+        self.output_dim = output_dim
+        self.num_layers = num_layers
+        self.sigmoid_output = sigmoid_output
+        self.proj_in = layers.Dense(hidden_dim, name="proj_in")
+        self.hidden_layers = [layers.Dense(hidden_dim, name=f"layers_{i}") for i in range(num_layers - 2)]
+        self.proj_out = layers.Dense(output_dim, name="proj_out")
+
+    def build(self, input_shape):
+        inner = tuple(input_shape[:-1]) + (self.hidden_dim,)
+        self.proj_in.build(input_shape)
+        for layer in self.hidden_layers:
+            layer.build(inner)
+        self.proj_out.build(inner)
+
+    def call(self, x):
+        x = ops.relu(self.proj_in(x))
+        for layer in self.hidden_layers:
+            x = ops.relu(layer(x))
+        x = self.proj_out(x)
+        return ops.sigmoid(x) if self.sigmoid_output else x
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            input_dim=self.input_dim, hidden_dim=self.hidden_dim, output_dim=self.output_dim,
+            num_layers=self.num_layers, sigmoid_output=self.sigmoid_output,
+        )
+        return config

@@ -1,0 +1,111 @@
+"""SAM's mask decoder: output tokens, two-way transformer, upscaler and heads."""
+
+import keras
+from keras import layers, ops
+
+from tf_sam.modeling.common import SamFeedForward
+from tf_sam.modeling.transformer import SamTwoWayTransformer
+
+
+@keras.saving.register_keras_serializable(package="tf_sam")
+class SamMaskDecoder(layers.Layer):
+    """Predicts masks and IoU scores from image and prompt embeddings.
+
+    Args (call):
+        image_embeddings: `(B, h, w, C)`.
+        image_pe: `(h, w, C)` dense positional encoding of the grid.
+        sparse_embeddings: `(B, P, T, C)` or None (no point/box prompt).
+        dense_embeddings: `(B or 1, h, w, C)`.
+        multimask_output: return the 3 multimask outputs instead of the single one.
+        attention_similarity, target_embedding: optional PerSAM inputs.
+    Returns: `masks (B, P, M, 4h, 4w)`, `iou_pred (B, P, M)` and the per-block
+    image updates of the two-way transformer (HF's `mask_decoder_attentions`).
+    """
+
+    def __init__(self, config, **kwargs):
+        super().__init__(**kwargs)
+        from tf_sam.config import SamMaskDecoderConfig
+
+        if isinstance(config, dict):
+            config = SamMaskDecoderConfig.from_dict(config)
+        self.config = config
+        c = config
+        self.num_mask_tokens = c.num_multimask_outputs + 1
+        self.transformer = SamTwoWayTransformer(c, name="transformer")
+        self.upscale_conv1 = layers.Conv2DTranspose(c.hidden_size // 4, 2, strides=2, name="upscale_conv1")
+        self.upscale_layer_norm = layers.LayerNormalization(epsilon=1e-6, name="upscale_layer_norm")
+        self.upscale_conv2 = layers.Conv2DTranspose(c.hidden_size // 8, 2, strides=2, name="upscale_conv2")
+        self.output_hypernetworks_mlps = [
+            SamFeedForward(c.hidden_size, c.hidden_size, c.hidden_size // 8, 3, name=f"output_hypernetworks_mlps_{i}")
+            for i in range(self.num_mask_tokens)
+        ]
+        self.iou_prediction_head = SamFeedForward(
+            c.hidden_size, c.iou_head_hidden_dim, self.num_mask_tokens, c.iou_head_depth, name="iou_prediction_head"
+        )
+
+    def build(self, input_shape=None):
+        c = self.config
+        self.iou_token = self.add_weight(shape=(1, c.hidden_size), initializer="random_normal", name="iou_token")
+        self.mask_tokens = self.add_weight(
+            shape=(self.num_mask_tokens, c.hidden_size), initializer="random_normal", name="mask_tokens"
+        )
+        self.transformer.build()
+        self.upscale_conv1.build((None, None, None, c.hidden_size))
+        self.upscale_layer_norm.build((None, None, None, c.hidden_size // 4))
+        self.upscale_conv2.build((None, None, None, c.hidden_size // 4))
+        for mlp in self.output_hypernetworks_mlps:
+            mlp.build((None, c.hidden_size))
+        self.iou_prediction_head.build((None, c.hidden_size))
+
+    def call(self, image_embeddings, image_pe, sparse_embeddings, dense_embeddings,
+             multimask_output=True, attention_similarity=None, target_embedding=None):
+        c = self.config
+        batch = ops.shape(image_embeddings)[0]
+        height, width = image_embeddings.shape[1], image_embeddings.shape[2]
+        dtype = image_embeddings.dtype
+
+        output_tokens = ops.cast(ops.concatenate([self.iou_token, self.mask_tokens], axis=0), dtype)
+        if sparse_embeddings is None:
+            prompts = 1
+            tokens = ops.broadcast_to(output_tokens[None, None], (batch, 1) + tuple(output_tokens.shape))
+        else:
+            prompts = ops.shape(sparse_embeddings)[1]
+            tokens = ops.broadcast_to(
+                output_tokens[None, None], (batch, prompts) + tuple(output_tokens.shape)
+            )
+            tokens = ops.concatenate([tokens, ops.cast(sparse_embeddings, dtype)], axis=2)
+
+        # One copy of the image per prompt: the image->token attention updates it per prompt.
+        src = image_embeddings + ops.cast(dense_embeddings, dtype)
+        src = ops.reshape(src, (batch, 1, height * width, c.hidden_size))
+        src = ops.broadcast_to(src, (batch, prompts, height * width, c.hidden_size))
+        src = ops.reshape(src, (-1, height * width, c.hidden_size))
+        pos = ops.reshape(ops.cast(image_pe, dtype), (1, height * width, c.hidden_size))
+
+        queries, keys, updates = self.transformer(tokens, src, pos, attention_similarity, target_embedding)
+        iou_token_out = queries[:, :, 0, :]
+        mask_tokens_out = queries[:, :, 1 : 1 + self.num_mask_tokens, :]
+
+        grid = ops.reshape(keys, (-1, height, width, c.hidden_size))
+        up = ops.gelu(self.upscale_layer_norm(self.upscale_conv1(grid)), approximate=False)
+        up = ops.gelu(self.upscale_conv2(up), approximate=False)  # (B*P, 4h, 4w, C/8)
+        up_h, up_w = 4 * height, 4 * width
+        up = ops.reshape(up, (batch, prompts, up_h * up_w, c.hidden_size // 8))
+
+        hyper_in = ops.stack(
+            [mlp(mask_tokens_out[:, :, i, :]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], axis=2
+        )  # (B, P, M, C/8)
+        masks = ops.matmul(hyper_in, ops.transpose(up, (0, 1, 3, 2)))
+        masks = ops.reshape(masks, (batch, prompts, self.num_mask_tokens, up_h, up_w))
+        iou_pred = self.iou_prediction_head(iou_token_out)
+
+        if multimask_output:
+            masks, iou_pred = masks[:, :, 1:], iou_pred[:, :, 1:]
+        else:
+            masks, iou_pred = masks[:, :, :1], iou_pred[:, :, :1]
+        return masks, iou_pred, updates
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(config=self.config.to_dict())
+        return config

@@ -1,0 +1,196 @@
+"""SAM's two-way transformer: prompt tokens and image tokens attend to each other."""
+
+import keras
+from keras import layers, ops
+
+from tf_sam.modeling.common import SamMLPBlock
+
+
+@keras.saving.register_keras_serializable(package="tf_sam")
+class SamAttention(layers.Layer):
+    """Attention whose q/k/v projections may downsample the width (`internal = C / rate`).
+
+    Shapes: query `(B, P, Nq, C)`, key/value `(B, P, Nk, C)` -> `(B, P, Nq, C)`; `P` is the
+    prompt batch. `attention_bias`, when given, is added to the logits and must broadcast
+    to `(B*P, heads, Nq, Nk)` (PerSAM's attention similarity).
+    """
+
+    def __init__(self, hidden_size, num_attention_heads, downsample_rate=1, **kwargs):
+        super().__init__(**kwargs)
+        self.hidden_size = hidden_size
+        self.num_attention_heads = num_attention_heads
+        self.downsample_rate = downsample_rate
+        self.internal_dim = hidden_size // downsample_rate
+        self.head_dim = self.internal_dim // num_attention_heads
+        self.scale = self.head_dim**-0.5
+        self.q_proj = layers.Dense(self.internal_dim, name="q_proj")
+        self.k_proj = layers.Dense(self.internal_dim, name="k_proj")
+        self.v_proj = layers.Dense(self.internal_dim, name="v_proj")
+        self.out_proj = layers.Dense(hidden_size, name="out_proj")
+
+    def build(self, input_shape=None):
+        shape = (None, self.hidden_size)
+        for proj in (self.q_proj, self.k_proj, self.v_proj):
+            proj.build(shape)
+        self.out_proj.build((None, self.internal_dim))
+
+    def _split_heads(self, x):
+        # (B, P, N, heads*d) -> (B*P, heads, N, d)
+        shape = ops.shape(x)
+        x = ops.reshape(x, (-1, shape[2], self.num_attention_heads, self.head_dim))
+        return ops.transpose(x, (0, 2, 1, 3))
+
+    def call(self, query, key, value, attention_bias=None):
+        batch, prompts, n_query = ops.shape(query)[0], ops.shape(query)[1], ops.shape(query)[2]
+        q = self._split_heads(self.q_proj(query))
+        k = self._split_heads(self.k_proj(key))
+        v = self._split_heads(self.v_proj(value))
+        scores = ops.matmul(q, ops.transpose(k, (0, 1, 3, 2))) * self.scale
+        if attention_bias is not None:
+            scores = scores + ops.cast(attention_bias, scores.dtype)
+        probs = ops.cast(ops.softmax(ops.cast(scores, "float32"), axis=-1), v.dtype)
+        out = ops.transpose(ops.matmul(probs, v), (0, 2, 1, 3))
+        out = ops.reshape(out, (batch, prompts, n_query, self.internal_dim))
+        return self.out_proj(out)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            hidden_size=self.hidden_size, num_attention_heads=self.num_attention_heads,
+            downsample_rate=self.downsample_rate,
+        )
+        return config
+
+
+@keras.saving.register_keras_serializable(package="tf_sam")
+class SamTwoWayAttentionBlock(layers.Layer):
+    """Self-attention of tokens, token->image, MLP, image->token; post-norm.
+
+    Shapes: queries `(B, P, T, C)`, keys `(B, P, HW, C)` (P may be 1 and broadcast for
+    positional terms) -> updated `(queries, keys)`.
+    """
+
+    def __init__(self, hidden_size, num_attention_heads, mlp_dim, attention_downsample_rate=2,
+                 skip_first_layer_pe=False, layer_norm_eps=1e-6, hidden_act="relu", **kwargs):
+        super().__init__(**kwargs)
+        self.hidden_size = hidden_size
+        self.num_attention_heads = num_attention_heads
+        self.mlp_dim = mlp_dim
+        self.attention_downsample_rate = attention_downsample_rate
+        self.skip_first_layer_pe = skip_first_layer_pe
+        self.layer_norm_eps = layer_norm_eps
+        self.hidden_act = hidden_act
+        norm = lambda name: layers.LayerNormalization(epsilon=layer_norm_eps, name=name)
+        self.self_attn = SamAttention(hidden_size, num_attention_heads, 1, name="self_attn")
+        self.layer_norm1 = norm("layer_norm1")
+        self.cross_attn_token_to_image = SamAttention(
+            hidden_size, num_attention_heads, attention_downsample_rate, name="cross_attn_token_to_image"
+        )
+        self.layer_norm2 = norm("layer_norm2")
+        self.mlp = SamMLPBlock(hidden_size, mlp_dim, hidden_act, name="mlp")
+        self.layer_norm3 = norm("layer_norm3")
+        self.layer_norm4 = norm("layer_norm4")
+        self.cross_attn_image_to_token = SamAttention(
+            hidden_size, num_attention_heads, attention_downsample_rate, name="cross_attn_image_to_token"
+        )
+
+    def build(self, input_shape=None):
+        shape = (None, self.hidden_size)
+        for sub in (self.self_attn, self.cross_attn_token_to_image, self.cross_attn_image_to_token):
+            sub.build()
+        for norm in (self.layer_norm1, self.layer_norm2, self.layer_norm3, self.layer_norm4):
+            norm.build(shape)
+        self.mlp.build(shape)
+
+    def call(self, queries, keys, query_pe, key_pe, attention_bias=None):
+        if self.skip_first_layer_pe:
+            queries = self.self_attn(queries, queries, queries)
+        else:
+            q = queries + query_pe
+            queries = queries + self.self_attn(q, q, queries)
+        queries = self.layer_norm1(queries)
+
+        q, k = queries + query_pe, keys + key_pe
+        queries = self.layer_norm2(queries + self.cross_attn_token_to_image(q, k, keys, attention_bias))
+        queries = self.layer_norm3(queries + self.mlp(queries))
+
+        q, k = queries + query_pe, keys + key_pe
+        image_update = self.cross_attn_image_to_token(k, q, queries)
+        keys = self.layer_norm4(keys + image_update)
+        return queries, keys, image_update
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            hidden_size=self.hidden_size, num_attention_heads=self.num_attention_heads,
+            mlp_dim=self.mlp_dim, attention_downsample_rate=self.attention_downsample_rate,
+            skip_first_layer_pe=self.skip_first_layer_pe, layer_norm_eps=self.layer_norm_eps,
+            hidden_act=self.hidden_act,
+        )
+        return config
+
+
+@keras.saving.register_keras_serializable(package="tf_sam")
+class SamTwoWayTransformer(layers.Layer):
+    """Stack of two-way blocks plus a final token->image attention.
+
+    Args (call):
+        point_embeddings: `(B, P, T, C)` output + prompt tokens.
+        image_embeddings: `(B*P, HW, C)` flattened image tokens, one copy per prompt.
+        image_pe: `(1 or B*P, HW, C)` positional encoding of the image tokens.
+        attention_similarity: optional PerSAM bias for token->image attention.
+        target_embedding: optional PerSAM target added to the tokens before each block.
+    Returns: `(queries (B, P, T, C), keys (B*P, 1, HW, C), per-block image updates)`.
+    """
+
+    def __init__(self, config, **kwargs):
+        super().__init__(**kwargs)
+        from tf_sam.config import SamMaskDecoderConfig
+
+        if isinstance(config, dict):
+            config = SamMaskDecoderConfig.from_dict(config)
+        self.config = config
+        c = config
+        self.blocks = [
+            SamTwoWayAttentionBlock(
+                c.hidden_size, c.num_attention_heads, c.mlp_dim, c.attention_downsample_rate,
+                skip_first_layer_pe=(i == 0), layer_norm_eps=c.layer_norm_eps, hidden_act=c.hidden_act,
+                name=f"layers_{i}",
+            )
+            for i in range(c.num_hidden_layers)
+        ]
+        self.final_attn_token_to_image = SamAttention(
+            c.hidden_size, c.num_attention_heads, c.attention_downsample_rate, name="final_attn_token_to_image"
+        )
+        # PyTorch's nn.LayerNorm default, as in Meta's and HF's code (not the config eps).
+        self.layer_norm_final_attn = layers.LayerNormalization(epsilon=1e-5, name="layer_norm_final_attn")
+
+    def build(self, input_shape=None):
+        for block in self.blocks:
+            block.build()
+        self.final_attn_token_to_image.build()
+        self.layer_norm_final_attn.build((None, self.config.hidden_size))
+
+    def call(self, point_embeddings, image_embeddings, image_pe, attention_similarity=None,
+             target_embedding=None):
+        keys = ops.expand_dims(image_embeddings, 1)
+        key_pe = ops.expand_dims(image_pe, 1)
+        if target_embedding is not None:
+            # HF adds the target in place to the tensor that is also the query PE, so from
+            # the first block on the PE carries the target once; replicate that exactly.
+            point_embeddings = point_embeddings + target_embedding
+        queries = point_embeddings
+        updates = []
+        for i, block in enumerate(self.blocks):
+            if target_embedding is not None and i > 0:
+                queries = queries + target_embedding
+            queries, keys, update = block(queries, keys, point_embeddings, key_pe, attention_similarity)
+            updates.append(update)
+        q, k = queries + point_embeddings, keys + key_pe
+        queries = self.layer_norm_final_attn(queries + self.final_attn_token_to_image(q, k, keys))
+        return queries, keys, tuple(updates)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(config=self.config.to_dict())
+        return config
