@@ -165,14 +165,22 @@ def _build_and_assign(config, files, source):
     from tf_sam.modeling.sam_model import SamModel
 
     entries, meta_config, handles = read_checkpoint(files)
-    model = SamModel(meta_config or config)
+    model = SamModel(config or meta_config)
     assign_checkpoint(model, entries, source)
     del handles
     return model
 
 
-def load_pretrained(source, cache_dir=None):
-    """Builds a `SamModel` from any supported source (see the module docstring)."""
+def load_pretrained(source, cache_dir=None, config=None):
+    """Builds a `SamModel` from any supported source (see the module docstring).
+
+    Args:
+        source: path or Hub id.
+        cache_dir: where Hub downloads are converted to (default `default_cache_dir()`).
+        config: a `SamConfig` overriding the one found or inferred; needed only for
+            Meta-format files of unusual models (the decoder head count is not visible
+            in tensor shapes and is assumed to be SAM's 8).
+    """
     from tf_sam.modeling.sam_model import SamModel
 
     source = os.fspath(source)
@@ -180,7 +188,7 @@ def load_pretrained(source, cache_dir=None):
         config_path = os.path.join(source, CONFIG_NAME)
         if not os.path.isfile(config_path):
             raise CheckpointError(f"{source} has no {CONFIG_NAME}; it is not a SAM checkpoint directory.")
-        config = SamConfig.from_json_file(config_path)
+        config = config or SamConfig.from_json_file(config_path)
         ours = os.path.join(source, WEIGHTS_NAME)
         if os.path.isfile(ours):
             model = SamModel(config)
@@ -196,7 +204,7 @@ def load_pretrained(source, cache_dir=None):
 
             return keras.models.load_model(source)
         entries, meta_config, handles = read_checkpoint([source])
-        config = meta_config
+        config = config or meta_config
         if config is None:
             config_path = os.path.join(os.path.dirname(os.path.abspath(source)), CONFIG_NAME)
             if not os.path.isfile(config_path):
@@ -210,7 +218,7 @@ def load_pretrained(source, cache_dir=None):
         del handles
         return model
     if _HUB_ID.match(source) and not source.startswith((".", "/")):
-        return _load_from_hub(source, cache_dir)
+        return _load_from_hub(source, cache_dir, config)
     raise FileNotFoundError(
         f"No checkpoint at {source!r}: not a file, not a directory, and not a Hub id like 'facebook/sam-vit-base'."
     )
@@ -244,12 +252,12 @@ def _offline_message(repo_id, reason):
     )
 
 
-def _load_from_hub(repo_id, cache_dir=None):
+def _load_from_hub(repo_id, cache_dir=None, config=None):
     from tf_sam.modeling.sam_model import SamModel
 
     target = os.path.join(cache_dir or default_cache_dir(), "hub", repo_id.replace("/", "--"))
     if os.path.isfile(os.path.join(target, WEIGHTS_NAME)):
-        return load_pretrained(target)
+        return load_pretrained(target, config=config)
     try:
         import huggingface_hub
     except ImportError:
@@ -264,6 +272,6 @@ def _load_from_hub(repo_id, cache_dir=None):
             )
     except Exception as e:  # huggingface_hub raises several error types when offline
         raise OSError(_offline_message(repo_id, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")) from None
-    model = load_pretrained(snapshot)
+    model = load_pretrained(snapshot, config=config)
     save_pretrained(model, target)
     return model
