@@ -44,17 +44,52 @@ class _Entry:
         self.read = read
 
 
-def _safetensors_entries(path, handles):
-    from safetensors import safe_open
+_SAFETENSORS_DTYPES = {
+    "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": "bfloat16",
+    "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_,
+}
 
+
+def _safetensors_entries(path, handles):
+    """Indexes a safetensors file; each tensor is read with one positioned read.
+
+    safetensors' own `safe_open` memory-maps the file, and every page it touches stays
+    resident, adding a second copy of the weights to the process; reading by offset
+    keeps conversion at one model copy plus one tensor. The header parsing follows the
+    format's specification (8-byte little-endian length, JSON header, raw data).
+    """
     try:
-        handle = safe_open(path, framework="numpy")
-    except Exception as e:  # safetensors raises its own error types for corrupt headers
+        handle = open(path, "rb")
+        (header_len,) = np.frombuffer(handle.read(8), dtype="<u8")
+        if header_len > os.path.getsize(path) - 8:
+            raise ValueError("header length exceeds the file size")
+        header = json.loads(handle.read(int(header_len)))
+    except (ValueError, UnicodeDecodeError, TypeError) as e:
         raise CheckpointError(f"{path} is not a readable safetensors file: {e}") from None
     handles.append(handle)
+    data_start = 8 + int(header_len)
+
+    def reader(info, key):
+        def read():
+            begin, end = info["data_offsets"]
+            handle.seek(data_start + begin)
+            raw = handle.read(end - begin)
+            dtype = _SAFETENSORS_DTYPES.get(info["dtype"])
+            if dtype is None:
+                raise CheckpointError(f"{path}: tensor {key} has unsupported dtype {info['dtype']}.")
+            if dtype == "bfloat16":
+                array = (np.frombuffer(raw, "<u2").astype(np.uint32) << 16).view(np.float32)
+            else:
+                array = np.frombuffer(raw, dtype=np.dtype(dtype).newbyteorder("<"))
+            if array.size != int(np.prod(info["shape"])):
+                raise CheckpointError(f"{path} is truncated or corrupt: tensor {key} has the wrong size.")
+            return array.reshape(info["shape"])
+        return read
+
     return {
-        key: _Entry(handle.get_slice(key).get_shape(), lambda key=key: handle.get_tensor(key))
-        for key in handle.keys()
+        key: _Entry(info["shape"], reader(info, key))
+        for key, info in header.items()
+        if key != "__metadata__"
     }
 
 
