@@ -84,6 +84,32 @@ def hf_small_checkpoints(tmp_path_factory):
     return out
 
 
+@pytest.fixture(scope="session")
+def hf_vit_b(tmp_path_factory):
+    """`(hf_model, saved_dir)` for the full ViT-B architecture with perturbed random weights.
+
+    Built once per session: the suite's only big model, shared by every ViT-B test.
+    """
+    model = perturbed_hf_model({}, seed=42)  # HF's SamConfig() defaults are the ViT-B encoder
+    directory = tmp_path_factory.mktemp("hf-vit-b")
+    model.save_pretrained(directory)
+    return model, directory
+
+
+def require_shared_image(name):
+    """Path of a photo in ../shared/images, or skip with the reason."""
+    path = IMAGES / name
+    if not path.exists():
+        pytest.skip(f"{path} is absent: the real photos live in ../shared/images beside the checkout")
+    return path
+
+
+def mask_iou(a, b):
+    a, b = np.asarray(a, bool), np.asarray(b, bool)
+    union = np.logical_or(a, b).sum()
+    return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
+
+
 def max_rel_err(ours, ref):
     """max |ours - ref| / max(1, max |ref|): the issue's parity metric."""
     ours, ref = np.asarray(ours, np.float64), np.asarray(ref, np.float64)

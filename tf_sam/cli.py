@@ -1,4 +1,4 @@
-"""The `tf-sam` command line: convert and inspect checkpoints (more subcommands join here).
+"""The `tf-sam` command line: segment photos, convert and inspect checkpoints.
 
 Every subcommand turns expected failures (missing files, bad checkpoints, offline Hub)
 into one line on stderr and a non-zero exit, never a traceback.
@@ -134,9 +134,174 @@ def cmd_convert(args):
     )
 
 
+DEFAULT_CHECKPOINT = "facebook/sam-vit-base"
+
+
+def _parse_numbers(text, counts, what, example):
+    parts = text.split(",")
+    if len(parts) not in counts:
+        raise CliError(f"malformed {what} {text!r}: expected {example}")
+    try:
+        values = [float(p) for p in parts]
+    except ValueError:
+        raise CliError(f"malformed {what} {text!r}: expected numbers like {example}") from None
+    if not all(v == v and abs(v) != float("inf") for v in values):
+        raise CliError(f"malformed {what} {text!r}: numbers must be finite")
+    return values
+
+
+def _parse_point(text):
+    values = _parse_numbers(text, (2, 3), "--point", "X,Y or X,Y,LABEL (e.g. 500,375,1)")
+    label = values[2] if len(values) == 3 else 1.0
+    if label not in (0.0, 1.0):
+        raise CliError(f"malformed --point {text!r}: LABEL must be 1 (foreground) or 0 (background)")
+    return values[:2], int(label)
+
+
+def _load_image(path):
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return image.convert("RGB")
+    except FileNotFoundError:
+        raise CliError(f"image {path} does not exist") from None
+    except (UnidentifiedImageError, OSError) as e:
+        raise CliError(f"cannot read image {path}: {e}") from None
+
+
+class _Progress:
+    """Reports slow steps on stderr with their durations, which result.json also records."""
+
+    def __init__(self, steps):
+        self.steps, self.index, self.timings = steps, 0, {}
+
+    def run(self, key, label, fn, *args, **kwargs):
+        self.index += 1
+        print(f"[{self.index}/{self.steps}] {label} ...", file=sys.stderr, end="", flush=True)
+        start = time.perf_counter()
+        result = fn(*args, **kwargs)
+        self.timings[key] = round(time.perf_counter() - start, 3)
+        print(f" {self.timings[key]:.1f} s", file=sys.stderr, flush=True)
+        return result
+
+
+def _overlay(image, mask, points, labels, box):
+    """The photo with `mask` tinted and the prompts drawn (green fg, red bg, blue box)."""
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    pixels = np.asarray(image, dtype=np.float32)
+    colour = np.array([30, 144, 255], np.float32)
+    pixels[mask] = 0.45 * pixels[mask] + 0.55 * colour
+    out = Image.fromarray(pixels.round().astype(np.uint8))
+    draw = ImageDraw.Draw(out)
+    radius = max(4, round(max(out.size) / 150))
+    for (x, y), label in zip(points, labels):
+        fill = (0, 200, 0) if label == 1 else (220, 0, 0)
+        draw.ellipse([x - radius, y - radius, x + radius, y + radius], fill=fill, outline=(255, 255, 255), width=2)
+    if box is not None:
+        draw.rectangle(box, outline=(0, 90, 255), width=max(2, radius // 2))
+    return out
+
+
+def _mask_box(mask):
+    import numpy as np
+
+    ys, xs = np.nonzero(mask)
+    if len(xs) == 0:
+        return None
+    return [int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max())]
+
+
+def cmd_segment(args):
+    import shutil
+    import tempfile
+
+    import numpy as np
+    from PIL import Image
+
+    prompts = [_parse_point(p) for p in args.point or []]
+    box = _parse_numbers(args.box, (4,), "--box", "X0,Y0,X1,Y1 (e.g. 425,600,700,875)") if args.box else None
+    if not prompts and box is None:
+        raise CliError("give at least one prompt: --point X,Y[,LABEL] or --box X0,Y0,X1,Y1")
+    if box is not None and (box[2] <= box[0] or box[3] <= box[1]):
+        raise CliError(f"malformed --box {args.box!r}: need X0 < X1 and Y0 < Y1")
+    image = _load_image(args.image)
+    width, height = image.size
+    for (x, y), _ in prompts:
+        if not (0 <= x < width and 0 <= y < height):
+            raise CliError(f"point ({x:g}, {y:g}) is outside the {width}x{height} image {args.image}")
+    if box is not None and not (0 <= box[0] and 0 <= box[1] and box[2] <= width and box[3] <= height):
+        raise CliError(f"box {args.box} is outside the {width}x{height} image {args.image}")
+
+    from tf_sam.checkpoint import load_pretrained
+    from tf_sam.predictor import SamPredictor
+
+    progress = _Progress(4)
+    start = time.perf_counter()
+    model = progress.run("load_s", f"loading checkpoint {args.checkpoint}", load_pretrained, args.checkpoint)
+    predictor = SamPredictor(model)
+    progress.run("encode_s", "encoding image", predictor.set_image, image)
+    points = [p for p, _ in prompts]
+    labels = [label for _, label in prompts]
+    masks, scores, _ = progress.run(
+        "decode_s", "decoding prompts", predictor.predict,
+        point_coords=points or None, point_labels=labels or None, box=box, multimask_output=args.multimask,
+    )
+    order = np.argsort(-scores)
+    names = ["mask.png"] if len(order) == 1 else [f"mask_{rank}.png" for rank in range(len(order))]
+
+    def write(directory):
+        records = []
+        for name, index in zip(names, order):
+            Image.fromarray(masks[index].astype(np.uint8) * 255).save(os.path.join(directory, name))
+            records.append({
+                "file": name, "score": round(float(scores[index]), 6), "area": int(masks[index].sum()),
+                "box": _mask_box(masks[index]),
+            })
+        _overlay(image, masks[order[0]], points, labels, box).save(os.path.join(directory, "overlay.png"))
+        return records
+
+    # Everything goes to a staging folder first, so a failure leaves no partial output.
+    os.makedirs(args.output_dir, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=".tf-sam-", dir=args.output_dir)
+    try:
+        records = progress.run("write_s", f"writing {args.output_dir}", write, staging)
+        progress.timings["total_s"] = round(time.perf_counter() - start, 3)
+        result = {
+            "image": os.path.abspath(args.image), "image_size": {"width": width, "height": height},
+            "checkpoint": args.checkpoint,
+            "prompts": {"points": [{"x": x, "y": y, "label": lab} for (x, y), lab in zip(points, labels)],
+                        "box": box},
+            "multimask": bool(args.multimask), "masks": records, "timings": progress.timings,
+        }
+        with open(os.path.join(staging, "result.json"), "w") as f:
+            json.dump(result, f, indent=2)
+        for name in os.listdir(staging):
+            os.replace(os.path.join(staging, name), os.path.join(args.output_dir, name))
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    best = records[0]
+    print(f"wrote {', '.join(r['file'] for r in records)}, overlay.png and result.json to {args.output_dir} "
+          f"(best score {best['score']:.3f}, area {best['area']} px)")
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="tf-sam", description="Segment Anything in Keras 3 / TensorFlow.")
     sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("segment", help="segment a photo from point and/or box prompts")
+    p.add_argument("image", help="photo to segment (any format Pillow reads)")
+    p.add_argument("--point", action="append", metavar="X,Y[,LABEL]",
+                   help="a click in original pixels; LABEL 1 = object (default), 0 = background; repeatable")
+    p.add_argument("--box", metavar="X0,Y0,X1,Y1", help="a box around the object, in original pixels")
+    p.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT,
+                   help=f"anything SamModel.from_pretrained takes (default {DEFAULT_CHECKPOINT})")
+    p.add_argument("--multimask", action="store_true", help="write SAM's three candidate masks, best first")
+    p.add_argument("--output-dir", default="sam_output", help="where to write masks, overlay and result.json")
+    p.set_defaults(func=cmd_segment)
 
     p = sub.add_parser("convert", help="convert an HF/Meta/Hub checkpoint to tf_sam's format")
     p.add_argument("src", help="HF directory, Meta .pth file, tf_sam directory, .keras file or Hub id")

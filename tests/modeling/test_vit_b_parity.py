@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from tests.conftest import max_rel_err, perturbed_hf_model, to_numpy
+from tests.conftest import max_rel_err, to_numpy
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
@@ -22,11 +22,8 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def vit_b(tmp_path_factory):
-    hf = perturbed_hf_model({}, seed=42)  # HF's SamConfig() defaults are the ViT-B encoder
-    directory = tmp_path_factory.mktemp("hf-vit-b")
-    hf.save_pretrained(directory)
-    return hf, directory
+def vit_b(hf_vit_b):
+    return hf_vit_b
 
 
 def test_vit_b_matches_reference(vit_b):
