@@ -288,6 +288,52 @@ def cmd_segment(args):
           f"(best score {best['score']:.3f}, area {best['area']} px)")
 
 
+def _describe_saved_model(path):
+    """Lines describing each signature's inputs and outputs (name, dtype, shape)."""
+    import tensorflow as tf
+
+    loaded = tf.saved_model.load(path)
+    lines = []
+    for name, fn in loaded.signatures.items():
+        _, inputs = fn.structured_input_signature
+        lines.append(f"  {name}")
+        for key, spec in sorted(inputs.items()):
+            lines.append(f"    in  {key:<18} {spec.dtype.name:<8} {spec.shape}")
+        for key, spec in sorted(fn.structured_outputs.items()):
+            lines.append(f"    out {key:<18} {spec.dtype.name:<8} {spec.shape}")
+    return lines
+
+
+def _tree_size(path):
+    total = 0
+    for root, _, files in os.walk(path):
+        total += sum(os.path.getsize(os.path.join(root, f)) for f in files)
+    return total
+
+
+def cmd_export(args):
+    from tf_sam.checkpoint import load_pretrained
+
+    if os.path.exists(args.out) and not args.overwrite:
+        raise CliError(f"{args.out} already exists; pass --overwrite to replace it")
+    model = _Progress(1).run("load_s", f"loading checkpoint {args.src}", load_pretrained, args.src)
+    if args.format == "saved_model":
+        from tf_sam.export import export_saved_model
+
+        print(f"writing SavedModel {args.out} ...", file=sys.stderr)
+        export_saved_model(model, args.out, overwrite=args.overwrite)
+        print(f"SavedModel {args.out} ({_tree_size(args.out) / 2**20:.1f} MiB), signatures:")
+        print("\n".join(_describe_saved_model(args.out)))
+        base = os.path.dirname(os.path.abspath(args.out))
+        print(
+            "serve it with TF Serving (the directory name is the model version):\n"
+            f"  docker run -p 8501:8501 -v {base}:/models/sam -e MODEL_NAME=sam tensorflow/serving\n"
+            "  curl -X POST localhost:8501/v1/models/sam:predict -d @request.json   # see README"
+        )
+        return
+    raise CliError(f"--format {args.format} is not available yet")
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="tf-sam", description="Segment Anything in Keras 3 / TensorFlow.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -308,6 +354,13 @@ def build_parser():
     p.add_argument("dst", help="output directory (config.json + model.weights.h5)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing converted model in DST")
     p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser("export", help="export a checkpoint for serving (SavedModel for TF Serving)")
+    p.add_argument("src", help="any checkpoint `convert` accepts")
+    p.add_argument("out", help="output path; for TF Serving use MODEL_DIR/VERSION, e.g. sam/1")
+    p.add_argument("--format", choices=["saved_model"], default="saved_model")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing export")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("info", help="print a checkpoint's config and parameter counts")
     p.add_argument("checkpoint", help="any checkpoint `convert` accepts, or a preset name such as sam-vit-base")
