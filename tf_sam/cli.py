@@ -314,7 +314,7 @@ def _tree_size(path):
 def cmd_export(args):
     from tf_sam.checkpoint import load_pretrained
 
-    if os.path.exists(args.out) and not args.overwrite:
+    if args.format == "saved_model" and os.path.exists(args.out) and not args.overwrite:
         raise CliError(f"{args.out} already exists; pass --overwrite to replace it")
     model = _Progress(1).run("load_s", f"loading checkpoint {args.src}", load_pretrained, args.src)
     if args.format == "saved_model":
@@ -331,7 +331,25 @@ def cmd_export(args):
             "  curl -X POST localhost:8501/v1/models/sam:predict -d @request.json   # see README"
         )
         return
-    raise CliError(f"--format {args.format} is not available yet")
+    from tf_sam.export import FlexOpsError, export_tflite
+
+    os.makedirs(args.out, exist_ok=True)
+    suffix = f"_{args.quantization}" if args.quantization else ""
+    parts = ["encoder", "decoder"] if args.part == "both" else [args.part]
+    try:
+        for part in parts:
+            path = os.path.join(args.out, f"sam_{part}{suffix}.tflite")
+            print(f"converting the {part} ...", file=sys.stderr)
+            size = export_tflite(
+                model, path, part=part, quantization=args.quantization,
+                tanh_gelu_approximation=args.tanh_gelu, return_single_mask=args.single_mask,
+                overwrite=args.overwrite,
+            )
+            print(f"{path}: {size / 2**20:.2f} MiB")
+    except FlexOpsError as e:
+        raise CliError(str(e)) from None
+    print("run with LiteRT: from ai_edge_litert.interpreter import Interpreter; "
+          "Interpreter(model_path=...).get_signature_runner()(**inputs)")
 
 
 def build_parser():
@@ -355,10 +373,14 @@ def build_parser():
     p.add_argument("--overwrite", action="store_true", help="replace an existing converted model in DST")
     p.set_defaults(func=cmd_convert)
 
-    p = sub.add_parser("export", help="export a checkpoint for serving (SavedModel for TF Serving)")
+    p = sub.add_parser("export", help="export a checkpoint as a SavedModel (TF Serving) or TFLite files")
     p.add_argument("src", help="any checkpoint `convert` accepts")
-    p.add_argument("out", help="output path; for TF Serving use MODEL_DIR/VERSION, e.g. sam/1")
-    p.add_argument("--format", choices=["saved_model"], default="saved_model")
+    p.add_argument("out", help="SavedModel: MODEL_DIR/VERSION, e.g. sam/1; TFLite: a directory for the files")
+    p.add_argument("--format", choices=["saved_model", "tflite"], default="saved_model")
+    p.add_argument("--part", choices=["both", "encoder", "decoder"], default="both", help="TFLite: which half")
+    p.add_argument("--quantization", choices=["float16", "dynamic_int8"], help="TFLite: weight quantization")
+    p.add_argument("--tanh-gelu", action="store_true", help="TFLite: tanh GELU for runtimes without erf")
+    p.add_argument("--single-mask", action="store_true", help="TFLite decoder: return one mask (Meta's rule)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing export")
     p.set_defaults(func=cmd_export)
 

@@ -109,6 +109,21 @@ def test_ops_are_graph_safe_with_dynamic_sizes():
     assert postprocess.experimental_get_tracing_count() == 1
 
 
+def test_graphs_with_static_sizes_stay_exact():
+    """Constant sizes let Grappler rewrite divisions; the results must not move by a bit."""
+    image = _smooth_image(300, 40, seed=7)
+    resize = tf.function(lambda x: ops.pil_bilinear_resize(x, 20, 39))
+    expected = np.array(Image.fromarray(image).resize((39, 20), Image.BILINEAR))
+    np.testing.assert_array_equal(resize(tf.constant(image)).numpy(), expected)
+    pixels = ops.rescale(_smooth_image(64, 48, seed=8), 1 / 255)
+    normalize = tf.function(lambda x: ops.normalize(x, ops.IMAGENET_DEFAULT_MEAN, ops.IMAGENET_DEFAULT_STD))
+    mean, std = np.float32(ops.IMAGENET_DEFAULT_MEAN), np.float32(ops.IMAGENET_DEFAULT_STD)
+    np.testing.assert_array_equal(normalize(pixels).numpy(), (pixels.numpy() - mean) / std)
+    coords = np.array([[123.25, 77.5]])
+    scale = tf.function(lambda c: ops.scale_coordinates(c, [534, 800], [684, 1024]))
+    np.testing.assert_array_equal(scale(coords).numpy(), coords * np.array([1024 / 800, 684 / 534]))
+
+
 def test_postprocess_masks_equals_resize_crop_resize():
     """The folded matrices equal the literal three steps done with tf.image.resize."""
     rng = np.random.default_rng(5)

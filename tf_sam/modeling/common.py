@@ -1,7 +1,32 @@
 """Building blocks shared by SAM's encoder and decoder: MLPs and activations."""
 
+import contextlib
+import threading
+
 import keras
 from keras import layers, ops
+
+_gelu_mode = threading.local()
+
+
+@contextlib.contextmanager
+def tanh_gelu():
+    """Traces exact GELUs as the tanh approximation while active.
+
+    For exports to runtimes without erf; the approximation differs from exact GELU by
+    at most ~1e-3 per activation.
+    """
+    previous = getattr(_gelu_mode, "tanh", False)
+    _gelu_mode.tanh = True
+    try:
+        yield
+    finally:
+        _gelu_mode.tanh = previous
+
+
+def gelu(x):
+    """Exact (erf) GELU, or its tanh approximation inside `tanh_gelu()`. Shape-preserving."""
+    return ops.gelu(x, approximate=getattr(_gelu_mode, "tanh", False))
 
 
 def get_activation(name):
@@ -11,7 +36,7 @@ def get_activation(name):
     (e.g. some TFLite delegates) at a small numerical cost.
     """
     if name == "gelu":
-        return lambda x: ops.gelu(x, approximate=False)
+        return gelu
     if name in ("gelu_tanh", "gelu_pytorch_tanh", "gelu_new"):
         return lambda x: ops.gelu(x, approximate=True)
     if name == "relu":

@@ -3,7 +3,7 @@
 import keras
 from keras import layers, ops
 
-from tf_sam.modeling.common import SamFeedForward
+from tf_sam.modeling.common import SamFeedForward, gelu
 from tf_sam.modeling.transformer import SamTwoWayTransformer
 
 
@@ -16,7 +16,8 @@ class SamMaskDecoder(layers.Layer):
         image_pe: `(h, w, C)` dense positional encoding of the grid.
         sparse_embeddings: `(B, P, T, C)` or None (no point/box prompt).
         dense_embeddings: `(B or 1, h, w, C)`.
-        multimask_output: return the 3 multimask outputs instead of the single one.
+        multimask_output: return the 3 multimask outputs instead of the single one;
+            "all" returns every token's mask (single-mask token first).
         attention_similarity, target_embedding: optional PerSAM inputs.
     Returns: `masks (B, P, M, 4h, 4w)`, `iou_pred (B, P, M)` and the per-block
     image updates of the two-way transformer (HF's `mask_decoder_attentions`).
@@ -87,8 +88,8 @@ class SamMaskDecoder(layers.Layer):
         mask_tokens_out = queries[:, :, 1 : 1 + self.num_mask_tokens, :]
 
         grid = ops.reshape(keys, (-1, height, width, c.hidden_size))
-        up = ops.gelu(self.upscale_layer_norm(self.upscale_conv1(grid)), approximate=False)
-        up = ops.gelu(self.upscale_conv2(up), approximate=False)  # (B*P, 4h, 4w, C/8)
+        up = gelu(self.upscale_layer_norm(self.upscale_conv1(grid)))
+        up = gelu(self.upscale_conv2(up))  # (B*P, 4h, 4w, C/8)
         up_h, up_w = 4 * height, 4 * width
         up = ops.reshape(up, (batch, prompts, up_h * up_w, c.hidden_size // 8))
 
@@ -99,7 +100,9 @@ class SamMaskDecoder(layers.Layer):
         masks = ops.reshape(masks, (batch, prompts, self.num_mask_tokens, up_h, up_w))
         iou_pred = self.iou_prediction_head(iou_token_out)
 
-        if multimask_output:
+        if isinstance(multimask_output, str) and multimask_output == "all":
+            pass  # every mask token, single-mask token first (exports choose without branching)
+        elif multimask_output:
             masks, iou_pred = masks[:, :, 1:], iou_pred[:, :, 1:]
         else:
             masks, iou_pred = masks[:, :, :1], iou_pred[:, :, :1]

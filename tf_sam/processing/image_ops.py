@@ -23,7 +23,16 @@ IMAGENET_DEFAULT_STD = (0.229, 0.224, 0.225)
 _PRECISION_BITS = 22
 
 
-def get_preprocess_shape(height, width, longest_edge):
+def _div(x, y):
+    """`x / y`, correctly rounded in graphs too.
+
+    Grappler rewrites `x / constant` as `x * (1 / constant)`, which can differ in the last
+    bit from HF's and Pillow's division; it leaves DivNoNan alone (`y` is never 0 here).
+    """
+    return tf.math.divide_no_nan(x, y)
+
+
+def get_preprocess_shape(height, width, longest_edge, dtype=tf.float64):
     """Size of an image after resizing its longest side to `longest_edge`, like HF.
 
     Matches `SamImageProcessor._get_preprocess_shape`: `int(side * scale + 0.5)` in
@@ -32,13 +41,15 @@ def get_preprocess_shape(height, width, longest_edge):
     Args:
         height, width: int scalars (Python or tensors), the original size.
         longest_edge: int scalar, target length of the longest side.
+        dtype: float type of the arithmetic; float64 matches HF exactly, float32 is for
+            runtimes without float64 (TFLite).
 
     Returns:
         `(new_height, new_width)`: two int32 scalar tensors.
     """
-    h = tf.cast(height, tf.float64)
-    w = tf.cast(width, tf.float64)
-    scale = tf.cast(longest_edge, tf.float64) / tf.maximum(h, w)
+    h = tf.cast(height, dtype)
+    w = tf.cast(width, dtype)
+    scale = _div(tf.cast(longest_edge, dtype), tf.maximum(h, w))
     # A float -> int cast truncates, like Python's int() on positive numbers.
     new_h = tf.maximum(tf.cast(h * scale + 0.5, tf.int32), 1)
     new_w = tf.maximum(tf.cast(w * scale + 0.5, tf.int32), 1)
@@ -52,7 +63,7 @@ def _pil_bilinear_taps(in_size, out_size):
     `(sum_k in[index[i, k]] * weight[i, k] + 2**21) >> 22`, clipped to [0, 255].
     """
     in_f = tf.cast(in_size, tf.float64)
-    scale = in_f / tf.cast(out_size, tf.float64)
+    scale = _div(in_f, tf.cast(out_size, tf.float64))
     filterscale = tf.maximum(scale, 1.0)
     support = filterscale  # the triangle's support (1.0) widened on downscale
     ksize = tf.cast(tf.math.ceil(support), tf.int32) * 2 + 1
@@ -62,11 +73,12 @@ def _pil_bilinear_taps(in_size, out_size):
     xmax = tf.minimum(tf.cast(center + support + 0.5, tf.int32), in_size) - xmin
     taps = tf.range(ksize)
     position = tf.cast(taps[None, :] + xmin[:, None], tf.float64)
-    weight = tf.maximum(1.0 - tf.abs((position - center[:, None] + 0.5) * (1.0 / filterscale)), 0.0)
+    inv_filterscale = _div(tf.constant(1.0, tf.float64), filterscale)
+    weight = tf.maximum(1.0 - tf.abs((position - center[:, None] + 0.5) * inv_filterscale), 0.0)
     weight = tf.where(taps[None, :] < xmax[:, None], weight, 0.0)
     # Pillow sums left to right; cumsum does too, so the normaliser is bit-identical.
     total = tf.math.cumsum(weight, axis=1)[:, -1:]
-    weight = tf.math.divide_no_nan(weight, total)
+    weight = _div(weight, total)  # Pillow skips all-zero rows; so does DivNoNan
     fixed = tf.cast(weight * float(1 << _PRECISION_BITS) + 0.5, tf.int32)
     index = tf.minimum(taps[None, :] + xmin[:, None], in_size - 1)  # unused taps have weight 0
     return index, fixed
@@ -133,7 +145,7 @@ def pil_nearest_resize(image, height, width):
     image = tf.convert_to_tensor(image)
 
     def source_index(in_size, out_size):
-        step = tf.cast(in_size, tf.float64) / tf.cast(out_size, tf.float64)
+        step = _div(tf.cast(in_size, tf.float64), tf.cast(out_size, tf.float64))
         steps = tf.concat([[step * 0.5], tf.fill([tf.cast(out_size, tf.int32) - 1], step)], axis=0)
         return tf.minimum(tf.cast(tf.math.cumsum(steps), tf.int32), in_size - 1)
 
@@ -181,7 +193,7 @@ def normalize(image, mean, std):
         float32 tensor of the same shape.
     """
     image = tf.cast(image, tf.float32)
-    return (image - tf.constant(mean, tf.float32)) / tf.constant(std, tf.float32)
+    return _div(image - tf.constant(mean, tf.float32), tf.constant(std, tf.float32))
 
 
 def pad_image(image, height, width, value=0):
@@ -229,7 +241,7 @@ def preprocess_image(
     return pad_image(pixels, pad_size[0], pad_size[1]), size
 
 
-def scale_coordinates(coords, original_size, new_size):
+def scale_coordinates(coords, original_size, new_size, dtype=tf.float64):
     """Map `(x, y)` coordinates from the original image frame to the resized one, like HF.
 
     x is multiplied by `new_w / old_w` and y by `new_h / old_h` in float64, exactly as
@@ -240,14 +252,15 @@ def scale_coordinates(coords, original_size, new_size):
             `(..., 2, 2)` first.
         original_size: `(2,)` `[old_h, old_w]`.
         new_size: `(2,)` `[new_h, new_w]` (e.g. from `get_preprocess_shape`).
+        dtype: float type of the arithmetic (float64 matches HF; float32 for TFLite).
 
     Returns:
-        float64 tensor shaped like `coords`.
+        `dtype` tensor shaped like `coords`.
     """
-    old = tf.cast(original_size, tf.float64)
-    new = tf.cast(new_size, tf.float64)
-    factors = tf.stack([new[1] / old[1], new[0] / old[0]])
-    return tf.cast(coords, tf.float64) * factors
+    old = tf.cast(original_size, dtype)
+    new = tf.cast(new_size, dtype)
+    factors = tf.stack([_div(new[1], old[1]), _div(new[0], old[0])])
+    return tf.cast(coords, dtype) * factors
 
 
 def bilinear_resize_matrix(in_size, out_size):
@@ -264,7 +277,7 @@ def bilinear_resize_matrix(in_size, out_size):
         `(out_size, in_size)` float32 tensor.
     """
     in_size = tf.cast(in_size, tf.int32)
-    scale = tf.cast(in_size, tf.float32) / tf.cast(out_size, tf.float32)
+    scale = _div(tf.cast(in_size, tf.float32), tf.cast(out_size, tf.float32))
     source = tf.maximum((tf.cast(tf.range(out_size), tf.float32) + 0.5) * scale - 0.5, 0.0)
     lower = tf.cast(source, tf.int32)
     upper = tf.minimum(lower + 1, in_size - 1)

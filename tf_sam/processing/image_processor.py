@@ -76,14 +76,19 @@ def _is_image_like(value):
     return isinstance(value, (Image.Image, np.ndarray)) or hasattr(value, "__array__") or hasattr(value, "numpy")
 
 
-def _image_list(images, name):
+def _image_list(images):
     """A flat list from one image, a list/tuple of images or a 4-D batch array."""
+    from PIL import Image
+
     if isinstance(images, (list, tuple)):
         if not images:
-            raise ValueError(f"{name} is an empty list.")
+            raise ValueError("images is an empty list.")
         return list(images)
-    if _is_image_like(images) and not hasattr(images, "mode"):
-        array = _to_numpy(images)
+    if not isinstance(images, Image.Image) and _is_image_like(images):
+        try:
+            array = _to_numpy(images)
+        except Exception:
+            return [images]  # _standardize reports what is wrong with it
         if array.ndim == 4:
             return list(array)
     return [images]
@@ -310,7 +315,7 @@ class SamImageProcessor:
         """
         if return_tensors not in ("tf", "np"):
             raise ValueError(f"return_tensors must be 'tf' or 'np', got {return_tensors!r}.")
-        arrays = [self._standardize(image, f"images[{i}]") for i, image in enumerate(_image_list(images, "images"))]
+        arrays = [self._standardize(image, f"images[{i}]") for i, image in enumerate(_image_list(images))]
         pixel_values, reshaped = zip(*(self._preprocess_one(a, f"images[{i}]") for i, a in enumerate(arrays)))
         if len({tuple(p.shape) for p in pixel_values}) > 1:
             raise ValueError("Images of different sizes cannot be batched with do_pad=False; set do_pad=True.")
@@ -329,9 +334,7 @@ class SamImageProcessor:
         from PIL import Image
 
         if isinstance(image, Image.Image):
-            if self.do_convert_rgb:
-                return _pil_to_rgb(image)
-            image = np.array(image)
+            image = _pil_to_rgb(image) if self.do_convert_rgb else np.array(image)
         elif _is_image_like(image) and not isinstance(image, (str, bytes)):
             try:
                 image = _to_numpy(image)

@@ -33,10 +33,10 @@ BOXES_HELP = (
 
 
 def _as_nested(value):
-    """Lists from numpy arrays and TF / torch tensors; lists and scalars pass through."""
-    if isinstance(value, (list, tuple)) or isinstance(value, numbers.Number):
-        return value
-    if hasattr(value, "__array__") or hasattr(value, "numpy"):
+    """Nested lists from lists, numpy arrays and TF / torch tensors, at any level."""
+    if isinstance(value, (list, tuple)):
+        return [_as_nested(v) for v in value]
+    if not isinstance(value, numbers.Number) and (hasattr(value, "__array__") or hasattr(value, "numpy")):
         return _to_numpy(value).tolist()
     return value
 
@@ -108,21 +108,55 @@ class SamProcessor:
 
     @classmethod
     def for_model(cls, model_or_config, **kwargs):
-        """A processor following the model's input size; see `SamImageProcessor.for_model`."""
+        """A processor following a model's input size.
+
+        Args:
+            model_or_config: a model with `.config.vision_config` (`image_size`, `patch_size`),
+                a config, or a vision config; see `SamImageProcessor.for_model`.
+            **kwargs: other `SamImageProcessor` arguments.
+
+        Returns:
+            `SamProcessor`, e.g. 512-px inputs and 128-px masks for a 512/16 model.
+        """
         return cls(SamImageProcessor.for_model(model_or_config, **kwargs))
 
     @classmethod
     def from_pretrained(cls, path):
-        """Reads HF's `preprocessor_config.json` (directory, file or Hub id)."""
+        """Reads HF's `preprocessor_config.json`.
+
+        Args:
+            path: a directory containing it, the file itself, or a Hugging Face Hub id.
+
+        Returns:
+            `SamProcessor`.
+        """
         return cls(SamImageProcessor.from_pretrained(path))
 
     def save_pretrained(self, directory):
-        """Writes `preprocessor_config.json` in HF's format; returns its path."""
+        """Writes `preprocessor_config.json` in HF's format (HF's `SamProcessor` reads it).
+
+        Args:
+            directory: created if missing.
+
+        Returns:
+            The path of the written file.
+        """
         return self.image_processor.save_pretrained(directory, processor_class="SamProcessor")
 
-    def post_process_masks(self, *args, **kwargs):
-        """`SamImageProcessor.post_process_masks`."""
-        return self.image_processor.post_process_masks(*args, **kwargs)
+    def post_process_masks(self, masks, original_sizes, reshaped_input_sizes, mask_threshold=0.0, binarize=True,
+                           pad_size=None, return_tensors="np"):
+        """Upscales masks to the original images; see `SamImageProcessor.post_process_masks`.
+
+        Args:
+            masks: per image `(point_batch, num_masks, h, w)` logits, or `(B, point_batch, num_masks, h, w)`.
+            original_sizes, reshaped_input_sizes: `(B, 2)` from this processor's output.
+            mask_threshold, binarize, pad_size, return_tensors: as in `SamImageProcessor`.
+
+        Returns:
+            list of `(point_batch, num_masks, H, W)` arrays (bool if `binarize`).
+        """
+        return self.image_processor.post_process_masks(masks, original_sizes, reshaped_input_sizes, mask_threshold,
+                                                        binarize, pad_size, return_tensors)
 
     def __call__(self, images=None, input_points=None, input_labels=None, input_boxes=None, segmentation_maps=None,
                  return_tensors="tf", *, original_sizes=None):
@@ -153,7 +187,7 @@ class SamProcessor:
         if return_tensors not in ("tf", "np"):
             raise ValueError(f"return_tensors must be 'tf' or 'np', got {return_tensors!r}.")
         if images is not None:
-            out = self.image_processor(images, segmentation_maps=segmentation_maps, return_tensors="np")
+            out = self.image_processor(images, segmentation_maps=segmentation_maps, return_tensors=return_tensors)
         elif original_sizes is not None:
             sizes = _to_numpy(original_sizes).astype(np.int64).reshape(-1, 2)
             longest = self.image_processor.size["longest_edge"]
@@ -162,7 +196,7 @@ class SamProcessor:
                                reshaped_input_sizes=np.array([[int(h), int(w)] for h, w in shapes], np.int64))
         else:
             raise ValueError("Pass images, or original_sizes to process prompts for images processed earlier.")
-        original, reshaped = out["original_sizes"], out["reshaped_input_sizes"]
+        original, reshaped = np.asarray(out["original_sizes"]), np.asarray(out["reshaped_input_sizes"])
         if input_labels is not None and input_points is None:
             raise ValueError("input_labels were given without input_points.")
         if input_points is not None:
