@@ -95,3 +95,13 @@ def test_reset_image():
     assert predictor.is_image_set and predictor.original_size == (40, 30)
     predictor.reset_image()
     assert not predictor.is_image_set
+
+
+def test_varying_prompt_counts_do_not_retrace_forever():
+    """After the first few shapes the decoder generalises instead of retracing per count."""
+    predictor = tf_sam.SamPredictor(tf_sam.SamModel(tiny_config_dict()))
+    predictor.set_image(np.zeros((60, 80, 3), np.uint8))
+    rng = np.random.default_rng(0)
+    for prompts, points in [(1, 1), (2, 1), (3, 2), (5, 3), (8, 1), (13, 4), (21, 2), (34, 5)]:
+        predictor.predict_batch(rng.uniform(0, 50, (prompts, points, 2)))
+    assert predictor._decode.experimental_get_tracing_count() <= 3
