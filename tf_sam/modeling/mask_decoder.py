@@ -76,10 +76,9 @@ class SamMaskDecoder(layers.Layer):
             )
             tokens = ops.concatenate([tokens, ops.cast(sparse_embeddings, dtype)], axis=2)
 
-        # One copy of the image per prompt: the image->token attention updates it per prompt.
+        # One image per batch entry, not one copy per prompt: the transformer projects it
+        # once and only the image->token updates make it per-prompt (HF copies it P times).
         src = image_embeddings + ops.cast(dense_embeddings, dtype)
-        src = ops.reshape(src, (batch, 1, height * width, c.hidden_size))
-        src = ops.broadcast_to(src, (batch, prompts, height * width, c.hidden_size))
         src = ops.reshape(src, (-1, height * width, c.hidden_size))
         pos = ops.reshape(ops.cast(image_pe, dtype), (1, height * width, c.hidden_size))
 
@@ -87,6 +86,8 @@ class SamMaskDecoder(layers.Layer):
         iou_token_out = queries[:, :, 0, :]
         mask_tokens_out = queries[:, :, 1 : 1 + self.num_mask_tokens, :]
 
+        # With no two-way blocks the image never became per-prompt; give each prompt a view.
+        keys = ops.broadcast_to(keys, (batch, prompts, height * width, c.hidden_size))
         grid = ops.reshape(keys, (-1, height, width, c.hidden_size))
         up = gelu(self.upscale_layer_norm(self.upscale_conv1(grid)))
         up = gelu(self.upscale_conv2(up))  # (B*P, 4h, 4w, C/8)
@@ -106,6 +107,8 @@ class SamMaskDecoder(layers.Layer):
             masks, iou_pred = masks[:, :, 1:], iou_pred[:, :, 1:]
         else:
             masks, iou_pred = masks[:, :, :1], iou_pred[:, :, :1]
+        # HF reports each block's image update as (B*P, 1, HW, C).
+        updates = tuple(ops.reshape(u, (-1, 1, height * width, c.hidden_size)) for u in updates)
         return masks, iou_pred, updates
 
     def get_config(self):

@@ -10,9 +10,11 @@ from tf_sam.modeling.common import SamMLPBlock
 class SamAttention(layers.Layer):
     """Attention whose q/k/v projections may downsample the width (`internal = C / rate`).
 
-    Shapes: query `(B, P, Nq, C)`, key/value `(B, P, Nk, C)` -> `(B, P, Nq, C)`; `P` is the
-    prompt batch. `attention_bias`, when given, is added to the logits and must broadcast
-    to `(B*P, heads, Nq, Nk)` (PerSAM's attention similarity).
+    Shapes: query `(B, Pq, Nq, C)`, key/value `(B, Pk, Nk, C)` -> `(B, max(Pq, Pk), Nq, C)`,
+    where `P` is the prompt batch and `Pq` or `Pk` may be 1: a side shared by every
+    prompt (the image before its first update) is projected once and broadcast.
+    `attention_bias`, when given, is added to the logits and must broadcast to
+    `(B*P, heads, Nq, Nk)` (PerSAM's attention similarity, in HF's layout).
     """
 
     def __init__(self, hidden_size, num_attention_heads, downsample_rate=1, **kwargs):
@@ -35,22 +37,27 @@ class SamAttention(layers.Layer):
         self.out_proj.build((None, self.internal_dim))
 
     def _split_heads(self, x):
-        # (B, P, N, heads*d) -> (B*P, heads, N, d)
+        # (B, P, N, heads*d) -> (B, P, heads, N, d): rank 5, the most TFLite's BatchMatMul takes.
         shape = ops.shape(x)
-        x = ops.reshape(x, (-1, shape[2], self.num_attention_heads, self.head_dim))
-        return ops.transpose(x, (0, 2, 1, 3))
+        x = ops.reshape(x, (shape[0], shape[1], shape[2], self.num_attention_heads, self.head_dim))
+        return ops.transpose(x, (0, 1, 3, 2, 4))
 
     def call(self, query, key, value, attention_bias=None):
-        batch, prompts, n_query = ops.shape(query)[0], ops.shape(query)[1], ops.shape(query)[2]
         q = self._split_heads(self.q_proj(query))
         k = self._split_heads(self.k_proj(key))
         v = self._split_heads(self.v_proj(value))
-        scores = ops.matmul(q, ops.transpose(k, (0, 1, 3, 2))) * self.scale
+        scores = ops.matmul(q, ops.transpose(k, (0, 1, 2, 4, 3))) * self.scale  # (B, P, heads, Nq, Nk)
+        shape = ops.shape(scores)
         if attention_bias is not None:
-            scores = scores + ops.cast(attention_bias, scores.dtype)
-        probs = ops.cast(ops.softmax(ops.cast(scores, "float32"), axis=-1), v.dtype)
-        out = ops.transpose(ops.matmul(probs, v), (0, 2, 1, 3))
-        out = ops.reshape(out, (batch, prompts, n_query, self.internal_dim))
+            bias = ops.cast(attention_bias, scores.dtype)
+            bias = ops.reshape(bias, (-1, shape[1]) + tuple(ops.shape(bias)[1:])) if bias.shape[0] != 1 else bias[None]
+            scores = scores + bias
+        # Softmax on a rank-4 view: what every runtime's kernel accepts.
+        flat = ops.reshape(ops.cast(scores, "float32"), (-1, shape[2], shape[3], shape[4]))
+        probs = ops.cast(ops.reshape(ops.softmax(flat, axis=-1), shape), v.dtype)
+        out = ops.transpose(ops.matmul(probs, v), (0, 1, 3, 2, 4))  # (B, P, Nq, heads, d)
+        out_shape = ops.shape(out)
+        out = ops.reshape(out, (out_shape[0], out_shape[1], out_shape[2], self.internal_dim))
         return self.out_proj(out)
 
     def get_config(self):
@@ -66,8 +73,9 @@ class SamAttention(layers.Layer):
 class SamTwoWayAttentionBlock(layers.Layer):
     """Self-attention of tokens, token->image, MLP, image->token; post-norm.
 
-    Shapes: queries `(B, P, T, C)`, keys `(B, P, HW, C)` (P may be 1 and broadcast for
-    positional terms) -> updated `(queries, keys)`.
+    Shapes: queries `(B, P, T, C)`, keys `(B, P or 1, HW, C)` -> `(queries (B, P, T, C),
+    keys (B, P, HW, C), image update (B, P, HW, C))`. Keys shared by all prompts (P = 1)
+    are projected once; they become per-prompt after the image->token update.
     """
 
     def __init__(self, hidden_size, num_attention_heads, mlp_dim, attention_downsample_rate=2,
@@ -136,11 +144,13 @@ class SamTwoWayTransformer(layers.Layer):
 
     Args (call):
         point_embeddings: `(B, P, T, C)` output + prompt tokens.
-        image_embeddings: `(B*P, HW, C)` flattened image tokens, one copy per prompt.
-        image_pe: `(1 or B*P, HW, C)` positional encoding of the image tokens.
+        image_embeddings: `(B, HW, C)` flattened image tokens, shared by the B image's P
+            prompts until the first image->token update makes them per-prompt.
+        image_pe: `(1, HW, C)` positional encoding of the image tokens.
         attention_similarity: optional PerSAM bias for token->image attention.
         target_embedding: optional PerSAM target added to the tokens before each block.
-    Returns: `(queries (B, P, T, C), keys (B*P, 1, HW, C), per-block image updates)`.
+    Returns: `(queries (B, P, T, C), keys (B, P, HW, C), per-block image updates
+    (B, P, HW, C))`.
     """
 
     def __init__(self, config, **kwargs):
