@@ -488,6 +488,54 @@ class SamImageProcessor:
             outputs.append(out if return_tensors == "tf" else out.numpy())
         return outputs
 
+    # ------------------------------------------------- automatic mask generation (HF's API)
+    # Thin delegations so HF code written against `SamImageProcessor` runs unchanged; the
+    # implementations live in `tf_sam.amg`, shared with `SamAutomaticMaskGenerator`.
+
+    def generate_crop_boxes(self, image, target_size, crop_n_layers=0, overlap_ratio=512 / 1500,
+                            points_per_crop=32, crop_n_points_downscale_factor=1, device=None, return_tensors="tf"):
+        """Crop boxes and grid points for mask generation; see `tf_sam.amg.generate_crop_boxes`.
+
+        Returns `(crop_boxes (n_crops, 4), points (1, n_points, n_crops, 2), cropped_images,
+        input_labels (1, n_points, n_crops))`.
+        """
+        from tf_sam import amg
+
+        return amg.generate_crop_boxes(image, target_size, crop_n_layers, overlap_ratio, points_per_crop,
+                                       crop_n_points_downscale_factor, device)
+
+    def filter_masks(self, masks, iou_scores, original_size, cropped_box_image, pred_iou_thresh=0.88,
+                     stability_score_thresh=0.95, mask_threshold=0, stability_score_offset=1, return_tensors="tf"):
+        """Score, stability and crop-edge filters plus RLE of one crop's `(P, 3, h, w)` logits.
+
+        Returns `(rle_masks, scores (K,), boxes (K, 4))`; see `tf_sam.amg.filter_masks`.
+        """
+        from tf_sam import amg
+
+        return amg.filter_masks(masks, iou_scores, original_size, cropped_box_image, pred_iou_thresh,
+                                stability_score_thresh, mask_threshold, stability_score_offset)
+
+    def post_process_for_mask_generation(self, all_masks, all_scores, all_boxes, crops_nms_thresh,
+                                         return_tensors="tf"):
+        """NMS over all crops' masks: `(masks, iou_scores (K,), rle_masks, boxes (K, 4))`."""
+        from tf_sam import amg
+
+        return amg.post_process_for_mask_generation(all_masks, all_scores, all_boxes, crops_nms_thresh)
+
+    @staticmethod
+    def mask_to_rle(masks):
+        """`(N, H, W)` bool masks -> N uncompressed COCO RLE dicts (column-major counts)."""
+        from tf_sam import amg
+
+        return amg.mask_to_rle(masks)
+
+    @staticmethod
+    def rle_to_mask(rle):
+        """One uncompressed RLE dict -> `(H, W)` bool numpy mask."""
+        from tf_sam import amg
+
+        return amg.rle_to_mask(rle)
+
 
 def _download_from_hub(repo_id):
     try:
