@@ -23,8 +23,11 @@ class SamPositionalEmbedding(layers.Layer):
         self.num_pos_feats = num_pos_feats
 
     def build(self, input_shape=None):
+        # Meta's unit-variance Gaussian: Keras's default std 0.05 maps every point in the image
+        # to nearly the same code, so a model trained from scratch cannot tell clicks apart.
         self.positional_embedding = self.add_weight(
-            shape=(2, self.num_pos_feats), initializer="random_normal", name="positional_embedding",
+            shape=(2, self.num_pos_feats), initializer=keras.initializers.RandomNormal(stddev=1.0),
+            name="positional_embedding",
             trainable=False,
         )
 

@@ -12,6 +12,7 @@ from tf_sam.config import SamConfig
 from tf_sam.modeling.image_encoder import SamVisionEncoder
 from tf_sam.modeling.mask_decoder import SamMaskDecoder
 from tf_sam.modeling.prompt_encoder import SamPositionalEmbedding, SamPromptEncoder
+from tf_sam.training.model_mixin import SamTrainingMixin
 
 
 class SamImageSegmentationOutput(dict):
@@ -60,7 +61,7 @@ def _as_tensor(name, value, dtype):
 
 
 @keras.saving.register_keras_serializable(package="tf_sam")
-class SamModel(keras.Model):
+class SamModel(SamTrainingMixin, keras.Model):
     """Segment Anything: image encoder, prompt encoder and mask decoder.
 
     Args:
