@@ -388,6 +388,11 @@ def build_parser():
     p.add_argument("checkpoint", help="any checkpoint `convert` accepts, or a preset name such as sam-vit-base")
     p.add_argument("--json", action="store_true", help="print one JSON line instead of the config")
     p.set_defaults(func=cmd_info)
+
+    from tf_sam import cli_finetune, cli_generate
+
+    cli_generate.register(sub)
+    cli_finetune.register(sub)
     return parser
 
 
