@@ -283,30 +283,21 @@ def encoder_flops(vision):
 # ------------------------------------------------------------------------------ models
 
 def build_reference(config_dict, seed):
-    """HF PyTorch SamModel with random weights, every parameter perturbed.
+    """HF PyTorch SamModel with every parameter perturbed: the test suite's reference.
 
-    HF zero-initialises the rel-pos tables and absolute position embedding; noise on
-    every tensor makes those paths do real work. Fan-in scaling keeps activations O(1).
+    Same builder as the parity tests (`tests.conftest.perturbed_hf_model`), so the
+    benchmark measures exactly the weights the tests check.
     """
-    import torch
-    import transformers
+    from tests.conftest import perturbed_hf_model
 
-    torch.manual_seed(seed)
-    model = transformers.SamModel(transformers.SamConfig(**config_dict)).eval()
-    generator = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():
-        for param in model.parameters():
-            fan_in = param.shape[-1] if param.dim() > 1 else 16
-            param.add_(torch.randn(param.shape, generator=generator) * 0.5 / fan_in**0.5)
-    return model
+    return perturbed_hf_model(config_dict, seed)
 
 
 def max_rel_err(ours, ref):
-    """max |ours - ref| / max(1, max |ref|), the project's parity metric."""
-    import numpy as np
+    """The parity metric of the tests (`tests.conftest.max_rel_err`)."""
+    from tests.conftest import max_rel_err as metric
 
-    ours, ref = np.asarray(ours, np.float64), np.asarray(ref, np.float64)
-    return float(np.abs(ours - ref).max() / max(1.0, np.abs(ref).max()))
+    return metric(ours, ref)
 
 
 # ---------------------------------------------------------------------------- timing

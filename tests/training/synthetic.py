@@ -6,6 +6,8 @@ import os
 import numpy as np
 from PIL import Image, ImageDraw
 
+from tf_sam import amg
+
 
 def _texture(rng, height, width):
     """A random texture: a colour, stripes or checks of a second colour, and pixel noise."""
@@ -66,19 +68,6 @@ def write_folder_dataset(root, count, seed=0, height=64, width=80):
     return images, masks
 
 
-def rle_encode(mask):
-    """Uncompressed COCO RLE (column-major runs starting with zeros)."""
-    flat = np.asarray(mask, np.uint8).T.reshape(-1)
-    counts, current, run = [], 0, 0
-    for value in flat:
-        if value != current:
-            counts.append(run)
-            current, run = value, 0
-        run += 1
-    counts.append(run)
-    return {"counts": counts, "size": list(mask.shape)}
-
-
 def write_coco_dataset(root, count, seed=0, height=64, width=80, use_rle_every=2):
     """Writes images and a COCO JSON (polygons from shapes' outlines are not exact, so some
     annotations use RLE); returns `(annotation_file, images_dir, label_maps)`."""
@@ -98,7 +87,7 @@ def write_coco_dataset(root, count, seed=0, height=64, width=80, use_rle_every=2
             mask = labels == instance
             ys, xs = np.nonzero(mask)
             if ann_id % use_rle_every == 0:
-                segmentation = rle_encode(mask)
+                segmentation = amg.mask_to_rle(mask[None])[0]
             else:  # the bounding rectangle as a polygon: exact for rectangles only
                 x0, y0, x1, y1 = xs.min(), ys.min(), xs.max() + 1, ys.max() + 1
                 segmentation = [[float(x0), float(y0), float(x1), float(y0), float(x1), float(y1), float(x0), float(y1)]]

@@ -9,7 +9,8 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from tests.training.synthetic import make_example, rle_encode, write_coco_dataset, write_folder_dataset
+from tests.training.synthetic import make_example, write_coco_dataset, write_folder_dataset
+from tf_sam import amg
 from tf_sam.training import (
     DatasetError, MaskMeanIoU, PromptSampler, dice_loss, image_dataset, list_coco_examples, list_folder_examples,
     mask_iou, sam_loss, sam_loss_terms, sample_error_points, sigmoid_focal_loss,
@@ -163,30 +164,13 @@ def test_folder_dataset_decodes_with_shared_processor_ops(tmp_path):
     np.testing.assert_array_equal(labels[:51], source)
 
 
-def _rle_string(counts):
-    """COCO's compressed RLE string encoder (rleToString), for the decoder test."""
-    out = []
-    for i, x in enumerate(counts):
-        if i > 2:
-            x -= counts[i - 2]
-        more = True
-        while more:
-            c = x & 0x1F
-            x >>= 5
-            more = (x != -1) if (c & 0x10) else (x != 0)
-            if more:
-                c |= 0x20
-            out.append(chr(c + 48))
-    return "".join(out)
-
-
 def test_coco_polygons_and_rle(tmp_path):
     rng = np.random.default_rng(5)
     _, labels = make_example(rng, 40, 50)
     mask = labels == 1
-    rle = rle_encode(mask)
+    rle = amg.mask_to_rle(mask[None])[0]
     np.testing.assert_array_equal(decode_coco_segmentation(rle, 40, 50), mask)
-    compressed = {"counts": _rle_string(rle["counts"]), "size": [40, 50]}
+    compressed = {"counts": amg.coco_encode_rle(rle)["counts"], "size": [40, 50]}
     np.testing.assert_array_equal(decode_coco_segmentation(compressed, 40, 50), mask)
     square = decode_coco_segmentation([[10.0, 5.0, 20.0, 5.0, 20.0, 15.0, 10.0, 15.0]], 40, 50)
     assert square[5:15, 10:20].all() and square.sum() == 10 * 10  # the polygon's area, as pycocotools
