@@ -135,6 +135,18 @@ def test_mixed_bfloat16_fit_checkpoint_and_reload(tmp_path):
     reloaded = tf_sam.SamModel.from_pretrained(tmp_path / "saved")
     x, _ = fixed_batch()
     np.testing.assert_allclose(reloaded(x)["iou_scores"].numpy(), restored(x)["iou_scores"].numpy(), rtol=1e-5)
+    # ... and the fine-tuned model exports (the decoder half, for speed) and runs.
+    from ai_edge_litert.interpreter import Interpreter
+
+    from tf_sam.export import convert_to_tflite
+
+    runner = Interpreter(model_content=convert_to_tflite(reloaded, part="decoder")).get_signature_runner()
+    side = 4 * (CONFIG["vision_config"]["image_size"] // CONFIG["vision_config"]["patch_size"])
+    embeddings = reloaded.get_image_embeddings(x["pixel_values"][:1]).numpy()
+    out = runner(image_embeddings=embeddings, point_coords=np.array([[[20.0, 30.0]]], np.float32),
+                 point_labels=np.ones((1, 1), np.float32), mask_input=np.zeros((1, side, side), np.float32),
+                 has_mask_input=np.zeros((1,), np.float32), orig_im_size=np.array([64, 64], np.int32))
+    assert out["masks"].shape[-2:] == (64, 64) and np.isfinite(out["iou_predictions"]).all()
 
 
 class _Interrupt(keras.callbacks.Callback):
