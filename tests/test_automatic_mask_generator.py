@@ -215,23 +215,30 @@ class _DiskPredictor:
     radii = (10.0, 20.0, 30.0)
 
     def __init__(self):
-        self.crops, self.batches = [], []
+        self.crops, self.batches, self.upscaled = [], [], []
 
     def set_image(self, image):
-        self.size = image.shape[:2]
-        self.crops.append(self.size)
+        self.original_size = image.shape[:2]
+        self.crops.append(self.original_size)
 
     def reset_image(self):
-        self.size = None
+        self.original_size = None
 
-    def predict_batch(self, point_coords, point_labels, multimask_output=True, return_logits=False):
+    def predict_batch_low_res(self, point_coords, point_labels, multimask_output=True):
+        # "Low-res" logits are (x, y, radius) per mask; upscale_masks draws the disks.
         self.batches.append(len(point_coords))
-        h, w = self.size
-        ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
-        dist = np.hypot(xs[None] - point_coords[:, 0, 0, None, None], ys[None] - point_coords[:, 0, 1, None, None])
-        logits = np.stack([r - dist for r in self.radii], axis=1).astype(np.float32)
+        xy = np.repeat(point_coords[:, None], len(self.radii), axis=1)  # (B, 3, 1, 2)
+        radii = np.broadcast_to(np.array(self.radii, np.float32)[None, :, None, None], xy.shape[:3] + (1,))
         scores = np.tile(np.array([[0.9, 0.95, 0.99]], np.float32), (len(point_coords), 1))
-        return logits, scores, None
+        return np.concatenate([xy, radii], axis=-1).astype(np.float32), scores
+
+    def upscale_masks(self, low_res, binarize=True):
+        self.upscaled.append(len(low_res))
+        h, w = self.original_size
+        ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+        x, y, r = (low_res[:, 0, i, None, None] for i in range(3))
+        logits = r - np.hypot(xs[None] - x, ys[None] - y)
+        return logits > 0 if binarize else logits
 
 
 def _disk_generator(**kwargs):
@@ -297,8 +304,10 @@ def test_decoder_never_sees_more_than_points_per_batch(models, photo, monkeypatc
     encodes = []
     encoder = generator.model.get_image_embeddings
     monkeypatch.setattr(generator.model, "get_image_embeddings", lambda *a, **k: encodes.append(1) or encoder(*a, **k))
-    generator.generate(photo)
-    assert seen == [10, 10, 10, 6] and len(encodes) == 1
+    records = generator.generate(photo)
+    # Pass one scores all 36 points; pass two decodes again only the NMS survivors' points.
+    assert seen[:4] == [10, 10, 10, 6] and len(encodes) == 1
+    assert max(seen) <= 10 and sum(seen[4:]) == len(records) > 0
 
 
 def test_min_mask_region_area_cleans_masks(models, photo):
@@ -321,12 +330,12 @@ def test_min_mask_region_area_cleans_masks(models, photo):
 class _SpeckledDiskPredictor(_DiskPredictor):
     """Disks with a 3x3 hole at the centre and a 3x3 island in the image's corner."""
 
-    def predict_batch(self, point_coords, point_labels, multimask_output=True, return_logits=False):
-        logits, scores, _ = super().predict_batch(point_coords, point_labels, multimask_output, return_logits)
-        for i, (x, y) in enumerate(point_coords[:, 0].round().astype(int)):
-            logits[i, :, y - 1:y + 2, x - 1:x + 2] = -5.0
-        logits[:, :, 2:5, 2:5] = 5.0
-        return logits, scores, None
+    def upscale_masks(self, low_res, binarize=True):
+        logits = super().upscale_masks(low_res, binarize=False)
+        for i, (x, y) in enumerate(low_res[:, 0, :2].round().astype(int)):
+            logits[i, y - 1:y + 2, x - 1:x + 2] = -5.0
+        logits[:, 2:5, 2:5] = 5.0
+        return logits > 0 if binarize else logits
 
 
 def test_small_holes_and_islands_are_removed_without_opencv():
@@ -372,3 +381,26 @@ def test_custom_point_grids_and_pil_input(models, photo):
     height, width = photo.shape[:2]
     points = {tuple(r["point_coords"][0]) for r in records}
     assert points <= {(0.25 * width, 0.5 * height), (0.75 * width, 0.5 * height)}
+
+
+def test_only_masks_passing_the_score_filter_are_upscaled_a_few_at_a_time(monkeypatch):
+    # Full-size maps of a whole point batch are the generator's memory peak; it must upscale
+    # the survivors of the score filter in bounded chunks, with unchanged results.
+    import tf_sam.automatic_mask_generator as module
+
+    image = np.zeros((200, 300, 3), np.uint8)
+    kwargs = dict(points_per_side=4, pred_iou_thresh=0.92, stability_score_thresh=0.8, box_nms_thresh=1.0)
+    whole = _disk_generator(**kwargs)
+    expected = whole.generate(image)
+    assert whole.predictor.upscaled[0] == 32  # 16 points x the 2 masks scoring above 0.92
+
+    monkeypatch.setattr(module, "_UPSCALE_PIXELS", 200 * 300 * 5)
+    chunked = _disk_generator(**kwargs)
+    records = chunked.generate(image)
+    # Pass one: the 32 survivors of the score filter; pass two: the NMS survivors' masks.
+    assert chunked.predictor.upscaled[:7] == [5] * 6 + [2]
+    assert max(chunked.predictor.upscaled) <= 5 and sum(chunked.predictor.upscaled[7:]) == len(records)
+    assert len(records) == len(expected) > 0
+    for a, b in zip(records, expected):
+        np.testing.assert_array_equal(a["segmentation"], b["segmentation"])
+        assert a["predicted_iou"] == b["predicted_iou"] and a["bbox"] == b["bbox"]

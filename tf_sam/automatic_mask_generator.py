@@ -14,6 +14,9 @@ from tf_sam import amg
 from tf_sam.predictor import SamPredictor
 
 OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
+# Full-size float logits upscaled at once (32 Mi floats = 128 MiB): bounds the generator's
+# post-processing memory whatever the image size or points_per_batch.
+_UPSCALE_PIXELS = 1 << 25
 
 
 class SamAutomaticMaskGenerator:
@@ -23,8 +26,9 @@ class SamAutomaticMaskGenerator:
         model: a `tf_sam.SamModel`.
         points_per_side: int, grid points along each side (`points_per_side**2` prompts per
             crop); None when `point_grids` is given.
-        points_per_batch: int, prompts decoded together; bounds peak memory, which is
-            dominated by `points_per_batch * 3` full-resolution logit maps.
+        points_per_batch: int, prompts decoded together. Only masks that pass the score
+            filter are upscaled to full size, a few at a time, so peak memory depends little
+            on it or on `points_per_side`.
         pred_iou_thresh: keep masks whose predicted IoU is above this (0 disables).
         stability_score_thresh: keep masks whose stability score is at least this (0 disables).
         stability_score_offset: logit offset used for the stability score.
@@ -147,20 +151,15 @@ class SamAutomaticMaskGenerator:
 
     @staticmethod
     def _cat(parts):
-        out = SamAutomaticMaskGenerator._empty()
         if not parts:
-            return out
-        out["rles"] = [r for p in parts for r in p["rles"]]
-        for key in ("boxes", "iou_preds", "points", "stability_score", "crop_boxes"):
-            out[key] = np.concatenate([out[key]] + [p[key] for p in parts], axis=0).astype(out[key].dtype)
-        return out
+            return SamAutomaticMaskGenerator._empty()
+        return {key: [r for p in parts for r in p[key]] if key == "rles"
+                else np.concatenate([p[key] for p in parts], axis=0) for key in parts[0]}
 
     @staticmethod
     def _take(data, keep):
-        keep = np.asarray(keep)
-        out = {key: value[keep] for key, value in data.items() if key != "rles"}
-        out["rles"] = [data["rles"][i] for i in keep]
-        return out
+        keep = np.asarray(keep, np.int64)
+        return {key: [value[i] for i in keep] if key == "rles" else value[keep] for key, value in data.items()}
 
     def _generate_masks(self, image, progress):
         orig_size = image.shape[:2]
@@ -180,58 +179,87 @@ class SamAutomaticMaskGenerator:
         crop_h, crop_w = crop.shape[:2]
         self.predictor.set_image(crop)  # one encoder pass per crop
         points = self.point_grids[layer_idx] * np.array([[crop_w, crop_h]], np.float64)
-        parts = []
         try:
+            # Two passes keep memory independent of the grid: the first scores every mask
+            # and keeps only boxes and scores, NMS (which needs nothing else) picks the
+            # survivors, and only their masks are decoded again and stored. Meta's version
+            # holds every candidate's RLE until the crop's NMS, which grows with
+            # points_per_side.
+            parts = []
             for start in range(0, len(points), self.points_per_batch):
-                parts.append(self._process_batch(points[start:start + self.points_per_batch], crop_box, orig_size))
+                parts.append(self._score_batch(points[start:start + self.points_per_batch], crop_box, orig_size))
                 if progress is not None:
                     progress()
+            data = self._cat(parts)
+            if not len(data["boxes"]):
+                return self._empty()
+            data = self._take(data, amg.nms(data["boxes"], data["iou_preds"], self.box_nms_thresh))
+            data["rles"], data["boxes"] = self._decode_kept_masks(
+                data["points"], data.pop("mask_index"), crop_box, orig_size)
         finally:
             self.predictor.reset_image()
-        data = self._cat(parts)
-        if not len(data["rles"]):
-            return data
-        data = self._take(data, amg.nms(data["boxes"], data["iou_preds"], self.box_nms_thresh))
         data["boxes"] = amg.uncrop_boxes_xyxy(data["boxes"], crop_box)
         data["points"] = amg.uncrop_points(data["points"], crop_box)
         data["crop_boxes"] = np.tile(np.asarray(crop_box, np.int64)[None], (len(data["rles"]), 1))
         return data
 
-    def _process_batch(self, points, crop_box, orig_size):
-        orig_h, orig_w = orig_size
-        # Logits at the crop's size: the stability score needs them before thresholding.
-        masks, iou_preds, _ = self.predictor.predict_batch(
-            points[:, None, :], np.ones((len(points), 1), np.int64), multimask_output=True, return_logits=True)
-        num_masks = masks.shape[1]
-        # Stay in numpy: the batch's full-size logits are the generator's peak memory, and a
-        # TF copy would double it.
-        masks = masks.reshape((-1,) + masks.shape[2:])
-        iou_preds = iou_preds.reshape(-1)
-        points = np.repeat(points, num_masks, axis=0)
+    def _upscale_chunks(self, low_res):
+        """Yields `(start, logits (n, h, w))` at the crop's size, a bounded number at a time."""
+        crop_h, crop_w = self.predictor.original_size
+        chunk = max(1, _UPSCALE_PIXELS // (crop_h * crop_w))
+        for start in range(0, len(low_res), chunk):
+            yield start, self.predictor.upscale_masks(low_res[start:start + chunk], binarize=False)
 
-        keep = np.ones(len(iou_preds), bool)
+    def _score_batch(self, points, crop_box, orig_size):
+        """Pass one: scores, stability and boxes of one point batch's masks; no masks kept."""
+        orig_h, orig_w = orig_size
+        low_res, iou_preds = self.predictor.predict_batch_low_res(
+            points[:, None, :], np.ones((len(points), 1), np.int64), multimask_output=True)
+        num_masks = low_res.shape[1]
+        low_res = low_res.reshape((-1,) + low_res.shape[2:])
+        iou_preds = iou_preds.reshape(-1)
+        # The score filter needs no pixels, so it runs before anything is upscaled: full-size
+        # maps of a whole batch (64 x 3 x H x W floats, 1.6 GB for a 1800x1200 photo) never
+        # exist at once.
+        candidates = np.arange(len(iou_preds))
         if self.pred_iou_thresh > 0.0:
-            keep &= iou_preds > self.pred_iou_thresh
-        stability = amg.calculate_stability_score(masks, self.mask_threshold, self.stability_score_offset)
-        if self.stability_score_thresh > 0.0:
-            keep &= stability >= self.stability_score_thresh
-        index = np.flatnonzero(keep)
-        binary = masks[index] > self.mask_threshold
-        del masks
-        boxes = amg.batched_mask_to_box(binary)
-        near = amg.is_box_near_crop_edge(boxes, crop_box, [0, 0, orig_w, orig_h]).numpy()
-        inner = np.flatnonzero(~near)
-        binary = binary[inner]
-        index = index[inner]
-        binary = amg.uncrop_masks(binary, crop_box, orig_h, orig_w)
+            candidates = np.flatnonzero(iou_preds > self.pred_iou_thresh)
+        index, stability, boxes = [], [], []
+        for start, logits in self._upscale_chunks(low_res[candidates]):
+            score = amg.calculate_stability_score(logits, self.mask_threshold, self.stability_score_offset)
+            keep = np.arange(len(logits))
+            if self.stability_score_thresh > 0.0:
+                keep = np.flatnonzero(score >= self.stability_score_thresh)
+            box = np.asarray(amg.batched_mask_to_box(logits[keep] > self.mask_threshold), np.int64)
+            near = np.asarray(amg.is_box_near_crop_edge(box, crop_box, [0, 0, orig_w, orig_h]))
+            inner = keep[~near]
+            index.append(candidates[start + inner])
+            stability.append(score[inner])
+            boxes.append(box[~near])
+        index = np.concatenate(index) if index else np.zeros((0,), np.int64)
         return {
-            "rles": amg.mask_to_rle(binary, as_list=False),
-            "boxes": tf.gather(boxes, inner).numpy().astype(np.int64),
+            "boxes": np.concatenate(boxes) if boxes else np.zeros((0, 4), np.int64),
             "iou_preds": iou_preds[index].astype(np.float32),
-            "points": points[index],
-            "stability_score": stability[index].astype(np.float32),
-            "crop_boxes": np.zeros((len(index), 4), np.int64),
+            "points": np.repeat(points, num_masks, axis=0)[index],
+            "stability_score": (np.concatenate(stability) if stability else np.zeros((0,))).astype(np.float32),
+            "mask_index": index % num_masks,
         }
+
+    def _decode_kept_masks(self, points, mask_index, crop_box, orig_size):
+        """Pass two: RLEs (in the image's frame) and crop-frame boxes of the NMS survivors."""
+        orig_h, orig_w = orig_size
+        rles, boxes = [], []
+        for start in range(0, len(points), self.points_per_batch):
+            batch = points[start:start + self.points_per_batch]
+            low_res, _ = self.predictor.predict_batch_low_res(
+                batch[:, None, :], np.ones((len(batch), 1), np.int64), multimask_output=True)
+            low_res = low_res[np.arange(len(batch)), mask_index[start:start + len(batch)]]
+            for _, logits in self._upscale_chunks(low_res):
+                binary = logits > self.mask_threshold
+                del logits
+                boxes.append(np.asarray(amg.batched_mask_to_box(binary), np.int64))
+                rles.extend(amg.mask_to_rle(amg.uncrop_masks(binary, crop_box, orig_h, orig_w), as_list=False))
+        return rles, np.concatenate(boxes) if boxes else np.zeros((0, 4), np.int64)
 
     def _postprocess_small_regions(self, data, nms_thresh):
         """Meta's cleanup: fill small holes, drop small islands, then NMS preferring untouched masks."""

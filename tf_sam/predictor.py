@@ -120,6 +120,38 @@ class SamPredictor:
         Returns:
             `masks (B, C, H, W)`, `scores (B, C)`, `low_res_logits (B, C, 256, 256)`.
         """
+        low_res, scores = self.predict_batch_low_res(point_coords, point_labels, boxes, mask_input, multimask_output)
+        masks = self.upscale_masks(low_res, binarize=not return_logits)
+        return masks, scores, low_res
+
+    def upscale_masks(self, low_res_logits, binarize=True):
+        """Upscales low-res logits of the cached image to its original size (HF's post-processing).
+
+        Args:
+            low_res_logits: `(..., 256, 256)` float logits, e.g. from `predict_batch_low_res`.
+            binarize: return `logits > 0` booleans instead of float32 logits.
+
+        Returns:
+            `(..., H, W)` numpy array at the original image size.
+        """
+        self._require_image()
+        pad = self.processor.image_processor.pad_size
+        return image_ops.postprocess_masks(
+            low_res_logits, self.original_size, self.input_size, [pad["height"], pad["width"]],
+            binarize=binarize,
+        ).numpy()
+
+    def predict_batch_low_res(self, point_coords=None, point_labels=None, boxes=None, mask_input=None,
+                              multimask_output=True):
+        """Like `predict_batch`, but stops at the decoder's low-resolution logits.
+
+        Callers that only need some masks at full size (e.g. the automatic mask generator,
+        which filters by score first) upscale those with `upscale_masks`, so B x C full-size
+        maps never exist at once.
+
+        Returns:
+            `low_res_logits (B, C, 256, 256)` float32 numpy, `scores (B, C)`.
+        """
         self._require_image()
         coords = _array(point_coords, "point_coords", "(B, N, 2)", 3, 2)
         labels = _array(point_labels, "point_labels", "(B, N)", 2, dtype=np.int64)
@@ -175,12 +207,7 @@ class SamPredictor:
         )
         low_res = tf.reshape(low_res, (count, -1) + tuple(low_res.shape[-2:]))
         scores = tf.reshape(scores, (count, -1))
-        pad = self.processor.image_processor.pad_size
-        masks = image_ops.postprocess_masks(
-            low_res, self.original_size, self.input_size, [pad["height"], pad["width"]],
-            binarize=not return_logits,
-        )
-        return masks.numpy(), scores.numpy(), low_res.numpy()
+        return low_res.numpy(), scores.numpy()
 
     def _decode_eager(self, embedding, points, labels, boxes, masks, multimask_output):
         out = self.model(

@@ -108,6 +108,7 @@ def parse_args(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--_child", choices=("ours", "ref", "amg"), help=argparse.SUPPRESS)
     parser.add_argument("--_points-per-side", type=int, default=16, help=argparse.SUPPRESS)
+    parser.add_argument("--_keep-all", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--_weights", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.only is None:
@@ -433,20 +434,27 @@ def amg_child_main(args):
     photo, _ = load_photo(args.tiny)
     loaded = proc_status_kib("VmHWM")
     start = time.perf_counter()
-    records = tf_sam.SamAutomaticMaskGenerator(model, points_per_side=args._points_per_side).generate(photo)
+    # Random weights leave no mask above Meta's default thresholds, so nothing would be
+    # upscaled; `--_keep-all` (thresholds 0) measures the worst case where every mask is.
+    thresholds = dict(pred_iou_thresh=0.0, stability_score_thresh=0.0) if args._keep_all else {}
+    generator = tf_sam.SamAutomaticMaskGenerator(model, points_per_side=args._points_per_side, **thresholds)
+    records = generator.generate(photo)
     print("CHILD_JSON " + json.dumps({
-        "side": "amg", "points_per_side": args._points_per_side, "vmhwm_kib": proc_status_kib("VmHWM"),
+        "side": "amg", "points_per_side": args._points_per_side, "keep_all": args._keep_all,
+        "vmhwm_kib": proc_status_kib("VmHWM"),
         "vmhwm_after_load_kib": loaded, "seconds": time.perf_counter() - start, "records": len(records),
     }), flush=True)
 
 
-def start_memory_child(side, weights_dir, args, points_per_side=None):
+def start_memory_child(side, weights_dir, args, points_per_side=None, keep_all=False):
     """Starts `child_main` for one side in a fresh interpreter; returns the Popen."""
     cmd = [sys.executable, os.path.abspath(__file__), "--_child", side, "--_weights", weights_dir,
            "--threads", str(args.threads), "--inter-op-threads", str(args.inter_op_threads),
            "--seed", str(args.seed)]
     if points_per_side is not None:
         cmd += ["--_points-per-side", str(points_per_side)]
+    if keep_all:
+        cmd.append("--_keep-all")
     if args.tiny:
         cmd.append("--tiny")
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO_ROOT)
@@ -1041,13 +1049,15 @@ def main(argv=None):
                            _value(res["ours"]), _value(res.get("reference")))
             # One child at a time: each reports its own peak, and running them together
             # would only slow both down on a small machine.
-            peaks = {}
-            for side in (16, 64):
-                log(f"amg: peak memory at {side} points per side (own process)")
-                peaks[side] = finish_memory_child(start_memory_child("amg", tmp.name, args, points_per_side=side))
-            extra["amg_memory_children"] = peaks
-            if all("vmhwm_kib" in p for p in peaks.values()):
-                extra["amg_peak_ratio_64_vs_16"] = peaks[64]["vmhwm_kib"] / peaks[16]["vmhwm_kib"]
+            for keep_all, suffix in ((False, ""), (True, "_keep_all")):
+                peaks = {}
+                for side in (16, 64):
+                    log(f"amg: peak memory at {side} points per side{' keeping every mask' * keep_all} (own process)")
+                    peaks[side] = finish_memory_child(
+                        start_memory_child("amg", tmp.name, args, points_per_side=side, keep_all=keep_all))
+                extra["amg_memory_children" + suffix] = peaks
+                if all("vmhwm_kib" in p for p in peaks.values()):
+                    extra["amg_peak_ratio_64_vs_16" + suffix] = peaks[64]["vmhwm_kib"] / peaks[16]["vmhwm_kib"]
 
     tmp.cleanup()
     env["loadavg_1min_at_end"] = os.getloadavg()[0]
@@ -1112,11 +1122,12 @@ def print_results(env, report, extra, flops):
     if extra.get("tflite_bytes"):
         print("- TFLite file sizes: " + ", ".join(f"{k} {v / 2**20:,.1f} MiB" for k, v in extra["tflite_bytes"].items())
               + f" (interpreter: {extra.get('tflite_interpreter')})")
-    if "amg_peak_ratio_64_vs_16" in extra:
-        p = extra["amg_memory_children"]
-        print(f"- automatic mask generation peak RSS: {p[16]['vmhwm_kib'] / 1024:,.0f} MiB at 16 points per side, "
-              f"{p[64]['vmhwm_kib'] / 1024:,.0f} MiB at 64 (ratio {extra['amg_peak_ratio_64_vs_16']:.2f}, "
-              "limit 1.5)")
+    for suffix, how in (("", "default thresholds"), ("_keep_all", "thresholds 0, every mask upscaled")):
+        if "amg_peak_ratio_64_vs_16" + suffix in extra:
+            p = extra["amg_memory_children" + suffix]
+            print(f"- automatic mask generation peak RSS ({how}): {p[16]['vmhwm_kib'] / 1024:,.0f} MiB at 16 points "
+                  f"per side, {p[64]['vmhwm_kib'] / 1024:,.0f} MiB at 64 "
+                  f"(ratio {extra['amg_peak_ratio_64_vs_16' + suffix]:.2f}, limit 1.5)")
     quality = extra.get("tflite_mask_iou_vs_fp32")
     if isinstance(quality, dict) and quality:
         print("- TFLite quantised vs fp32, binary masks at photo size: " + "; ".join(
