@@ -17,6 +17,10 @@ def _relative_position_index(size):
     return (coords[:, None] - coords[None, :] + size - 1).astype("int32")
 
 
+# Attention-score elements (per image) computed at once: 2**26 floats = 256 MiB.
+_ATTENTION_CHUNK = 1 << 26
+
+
 @keras.saving.register_keras_serializable(package="tf_sam")
 class SamVisionAttention(layers.Layer):
     """Multi-head self-attention with decomposed relative position bias (MViTv2).
@@ -53,23 +57,31 @@ class SamVisionAttention(layers.Layer):
             self.rel_pos_h = self.add_weight(shape=table, initializer="zeros", name="rel_pos_h")
             self.rel_pos_w = self.add_weight(shape=table, initializer="zeros", name="rel_pos_w")
 
-    def _relative_bias(self, query, height, width):
-        """Decomposed rel-pos terms for `query (B*heads, h, w, d)`.
+    def _relative_bias(self, query, height, width, row_start=0):
+        """Decomposed rel-pos terms for `query (B*heads, r, w, d)`, the query rows
+        `row_start .. row_start + r` of the `height x width` grid.
 
-        Returns `rel_h (B*heads, h, w, h, 1)` and `rel_w (B*heads, h, w, 1, w)`, whose
-        sum is the `(h*w, h*w)` bias without materialising the full table per head.
+        Returns `rel_h (B*heads, r, w, h, 1)` and `rel_w (B*heads, r, w, 1, w)`, whose
+        sum is the `(r*w, h*w)` bias without materialising the full table per head.
         """
         if height != self.input_size or width != self.input_size:
             raise ValueError(
                 f"SamVisionAttention was built for a {self.input_size}x{self.input_size} grid, "
                 f"got {height}x{width}; the image size must match the config."
             )
+        rows = query.shape[1]
         index = _relative_position_index(self.input_size)
-        rel_h_table = ops.take(ops.cast(self.rel_pos_h, query.dtype), index, axis=0)
+        rel_h_table = ops.take(ops.cast(self.rel_pos_h, query.dtype), index[row_start:row_start + rows], axis=0)
         rel_w_table = ops.take(ops.cast(self.rel_pos_w, query.dtype), index, axis=0)
         rel_h = ops.einsum("bhwc,hkc->bhwk", query, rel_h_table)
         rel_w = ops.einsum("bhwc,wkc->bhwk", query, rel_w_table)
         return ops.expand_dims(rel_h, -1), ops.expand_dims(rel_w, -2)
+
+    def _rows_per_chunk(self, height, width):
+        """Query rows attended at once, so one chunk's scores stay under `_ATTENTION_CHUNK`."""
+        per_row = self.num_attention_heads * width * height * width
+        chunks = -(-per_row * height // _ATTENTION_CHUNK)
+        return -(-height // max(chunks, 1))
 
     def call(self, x, return_attention=False):
         batch = ops.shape(x)[0]
@@ -80,21 +92,31 @@ class SamVisionAttention(layers.Layer):
         qkv = ops.reshape(self.qkv(x), (batch, tokens, 3, heads, head_dim))
         qkv = ops.transpose(qkv, (2, 0, 3, 1, 4))
         query, key, value = qkv[0], qkv[1], qkv[2]  # (B, heads, N, d)
+        key_t = ops.transpose(key, (0, 1, 3, 2))
 
-        scores = ops.matmul(query * self.scale, ops.transpose(key, (0, 1, 3, 2)))
-        if self.use_rel_pos:
-            grid_query = ops.reshape(query, (batch * heads, height, width, head_dim))
-            rel_h, rel_w = self._relative_bias(grid_query, height, width)
-            scores = ops.reshape(scores, (batch * heads, height, width, height, width))
-            scores = scores + rel_h + rel_w
-            scores = ops.reshape(scores, (batch, heads, tokens, tokens))
-        probs = ops.softmax(ops.cast(scores, "float32"), axis=-1)
-        probs = ops.cast(probs, value.dtype)
-
-        out = ops.matmul(probs, value)  # (B, heads, N, d)
+        # Global layers would hold several (heads, N, N) score tensors at once (0.8 GB each
+        # for ViT-B at 1024 px); attending a band of query rows at a time bounds that
+        # without changing the result. Windowed layers fit in one chunk.
+        step = height if return_attention else self._rows_per_chunk(height, width)
+        outputs, all_probs = [], []
+        for start in range(0, height, step):
+            rows = min(step, height - start)
+            q = query if rows == height else query[:, :, start * width:(start + rows) * width]
+            scores = ops.matmul(q * self.scale, key_t)  # (B, heads, rows*w, N)
+            if self.use_rel_pos:
+                grid_query = ops.reshape(q, (batch * heads, rows, width, head_dim))
+                rel_h, rel_w = self._relative_bias(grid_query, height, width, start)
+                scores = ops.reshape(scores, (batch * heads, rows, width, height, width))
+                scores = scores + rel_h + rel_w
+                scores = ops.reshape(scores, (batch, heads, rows * width, tokens))
+            probs = ops.softmax(ops.cast(scores, "float32"), axis=-1)
+            probs = ops.cast(probs, value.dtype)
+            outputs.append(ops.matmul(probs, value))  # (B, heads, rows*w, d)
+            all_probs.append(probs)
+        out = outputs[0] if len(outputs) == 1 else ops.concatenate(outputs, axis=2)
         out = ops.transpose(out, (0, 2, 1, 3))
         out = self.proj(ops.reshape(out, (batch, height, width, self.hidden_size)))
-        return (out, probs) if return_attention else out
+        return (out, all_probs[0]) if return_attention else out
 
     def get_config(self):
         config = super().get_config()
