@@ -5,7 +5,7 @@ import keras
 import numpy as np
 from keras import layers, ops
 
-from tf_sam.modeling.common import SamMLPBlock
+from tf_sam.modeling.common import SamLayerNorm, SamMLPBlock
 
 
 def _relative_position_index(size):
@@ -179,12 +179,12 @@ class SamVisionLayer(layers.Layer):
         self.use_rel_pos = use_rel_pos
         self.layer_norm_eps = layer_norm_eps
         self.hidden_act = hidden_act
-        self.layer_norm1 = layers.LayerNormalization(epsilon=layer_norm_eps, name="layer_norm1")
+        self.layer_norm1 = SamLayerNorm(epsilon=layer_norm_eps, name="layer_norm1")
         self.attn = SamVisionAttention(
             hidden_size, num_attention_heads, input_size=window_size or grid_size,
             qkv_bias=qkv_bias, use_rel_pos=use_rel_pos, name="attn",
         )
-        self.layer_norm2 = layers.LayerNormalization(epsilon=layer_norm_eps, name="layer_norm2")
+        self.layer_norm2 = SamLayerNorm(epsilon=layer_norm_eps, name="layer_norm2")
         self.mlp = SamMLPBlock(hidden_size, mlp_dim, hidden_act, name="mlp")
 
     def build(self, input_shape):
@@ -233,9 +233,9 @@ class SamVisionNeck(layers.Layer):
         self.output_channels = output_channels
         self.layer_norm_eps = layer_norm_eps
         self.conv1 = layers.Conv2D(output_channels, 1, use_bias=False, name="conv1")
-        self.layer_norm1 = layers.LayerNormalization(epsilon=layer_norm_eps, name="layer_norm1")
+        self.layer_norm1 = SamLayerNorm(epsilon=layer_norm_eps, name="layer_norm1")
         self.conv2 = layers.Conv2D(output_channels, 3, padding="same", use_bias=False, name="conv2")
-        self.layer_norm2 = layers.LayerNormalization(epsilon=layer_norm_eps, name="layer_norm2")
+        self.layer_norm2 = SamLayerNorm(epsilon=layer_norm_eps, name="layer_norm2")
 
     def build(self, input_shape):
         out_shape = tuple(input_shape[:-1]) + (self.output_channels,)

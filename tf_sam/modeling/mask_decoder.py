@@ -3,7 +3,7 @@
 import keras
 from keras import layers, ops
 
-from tf_sam.modeling.common import SamFeedForward, gelu
+from tf_sam.modeling.common import SamFeedForward, SamLayerNorm, gelu
 from tf_sam.modeling.transformer import SamTwoWayTransformer
 
 
@@ -34,7 +34,7 @@ class SamMaskDecoder(layers.Layer):
         self.num_mask_tokens = c.num_multimask_outputs + 1
         self.transformer = SamTwoWayTransformer(c, name="transformer")
         self.upscale_conv1 = layers.Conv2DTranspose(c.hidden_size // 4, 2, strides=2, name="upscale_conv1")
-        self.upscale_layer_norm = layers.LayerNormalization(epsilon=1e-6, name="upscale_layer_norm")
+        self.upscale_layer_norm = SamLayerNorm(epsilon=1e-6, name="upscale_layer_norm")
         self.upscale_conv2 = layers.Conv2DTranspose(c.hidden_size // 8, 2, strides=2, name="upscale_conv2")
         self.output_hypernetworks_mlps = [
             SamFeedForward(c.hidden_size, c.hidden_size, c.hidden_size // 8, 3, name=f"output_hypernetworks_mlps_{i}")

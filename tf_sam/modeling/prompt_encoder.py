@@ -5,7 +5,7 @@ import math
 import keras
 from keras import layers, ops
 
-from tf_sam.modeling.common import get_activation
+from tf_sam.modeling.common import SamLayerNorm, get_activation
 
 # HF's label for a padding point: it contributes nothing to the sparse embedding.
 PAD_LABEL = -10
@@ -66,9 +66,9 @@ class SamMaskEmbedding(layers.Layer):
         self._act = get_activation(hidden_act)
         inner = mask_input_channels // 4
         self.conv1 = layers.Conv2D(inner, 2, strides=2, name="conv1")
-        self.layer_norm1 = layers.LayerNormalization(epsilon=layer_norm_eps, name="layer_norm1")
+        self.layer_norm1 = SamLayerNorm(epsilon=layer_norm_eps, name="layer_norm1")
         self.conv2 = layers.Conv2D(mask_input_channels, 2, strides=2, name="conv2")
-        self.layer_norm2 = layers.LayerNormalization(epsilon=layer_norm_eps, name="layer_norm2")
+        self.layer_norm2 = SamLayerNorm(epsilon=layer_norm_eps, name="layer_norm2")
         self.conv3 = layers.Conv2D(hidden_size, 1, name="conv3")
 
     def build(self, input_shape):

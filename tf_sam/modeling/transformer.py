@@ -3,7 +3,7 @@
 import keras
 from keras import layers, ops
 
-from tf_sam.modeling.common import SamMLPBlock
+from tf_sam.modeling.common import SamLayerNorm, SamMLPBlock
 
 
 @keras.saving.register_keras_serializable(package="tf_sam")
@@ -88,7 +88,7 @@ class SamTwoWayAttentionBlock(layers.Layer):
         self.skip_first_layer_pe = skip_first_layer_pe
         self.layer_norm_eps = layer_norm_eps
         self.hidden_act = hidden_act
-        norm = lambda name: layers.LayerNormalization(epsilon=layer_norm_eps, name=name)
+        norm = lambda name: SamLayerNorm(epsilon=layer_norm_eps, name=name)
         self.self_attn = SamAttention(hidden_size, num_attention_heads, 1, name="self_attn")
         self.layer_norm1 = norm("layer_norm1")
         self.cross_attn_token_to_image = SamAttention(
@@ -173,7 +173,7 @@ class SamTwoWayTransformer(layers.Layer):
             c.hidden_size, c.num_attention_heads, c.attention_downsample_rate, name="final_attn_token_to_image"
         )
         # PyTorch's nn.LayerNorm default, as in Meta's and HF's code (not the config eps).
-        self.layer_norm_final_attn = layers.LayerNormalization(epsilon=1e-5, name="layer_norm_final_attn")
+        self.layer_norm_final_attn = SamLayerNorm(epsilon=1e-5, name="layer_norm_final_attn")
 
     def build(self, input_shape=None):
         for block in self.blocks:
