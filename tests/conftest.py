@@ -37,11 +37,15 @@ def tiny_config_dict(
 
 # Several shapes of model: a padded window grid (8 is not a multiple of 3), SlimSAM-77's
 # pruned widths (head size 14, mlp_dim unrelated to hidden size), a window that divides
-# the grid exactly, and a 3-block decoder.
+# the grid exactly, a decoder whose cross attentions fold (as ViT-B's do), and a 3-block
+# decoder.
 SMALL_CONFIGS = {
     "padded-windows": tiny_config_dict(),
     "slimsam77-shaped": tiny_config_dict(hidden=168, heads=12, mlp_dim=696, layers=3, global_idx=(2,), window=4),
     "exact-windows": tiny_config_dict(image=96, patch=8, window=4, layers=3, global_idx=(0, 2), heads=4),
+    # heads x tokens (2 x 7) well under the internal width (32): few-prompt cross
+    # attentions take SamAttention's folded paths, as ViT-B's (8 x 7 vs 128) do.
+    "folded-attention": tiny_config_dict(decoder_hidden=64, decoder_heads=2, decoder_mlp=48),
     "deeper-decoder": {
         **tiny_config_dict(decoder_hidden=32, decoder_heads=4, decoder_mlp=48),
         "mask_decoder_config": dict(

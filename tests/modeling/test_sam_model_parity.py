@@ -157,3 +157,26 @@ def test_hidden_states_and_attentions(loaded):
     assert tuple(got.vision_attentions[1].shape) == (1, 2, 64, 64)
     np.testing.assert_allclose(np.asarray(got.vision_attentions[1]).sum(-1), 1.0, atol=1e-5)
     assert len(got.mask_decoder_attentions) == 2
+
+
+def test_folded_cross_attention_matches(loaded, monkeypatch):
+    # One prompt with few tokens: the decoder's cross attentions fold the image-side
+    # projections into the token side (SamAttention._plan); check they ran and agree.
+    from tf_sam.modeling.transformer import SamAttention
+
+    calls = []
+    for name in ("_attend_few_keys", "_attend_few_queries"):
+        original = getattr(SamAttention, name)
+        monkeypatch.setattr(SamAttention, name,
+                            lambda self, *a, _o=original, _n=name: calls.append(_n) or _o(self, *a))
+    hf, ours = loaded["folded-attention"]
+    size = ours.config.vision_config.image_size
+    rng = np.random.default_rng(3)
+    pixels = rng.standard_normal((1, 3, size, size)).astype("float32")
+    points = rng.uniform(0, size, (1, 1, 2, 2)).astype("float32")
+    labels = np.array([[[1, 0]]])
+    ref = _run_hf(hf, pixel_values=pixels, input_points=points, input_labels=labels)
+    got = ours(pixel_values=pixels.transpose(0, 2, 3, 1), input_points=points, input_labels=labels)
+    assert {"_attend_few_keys", "_attend_few_queries"} <= set(calls)
+    assert max_rel_err(got.pred_masks, to_numpy(ref.pred_masks)) <= TOL
+    assert max_rel_err(got.iou_scores, to_numpy(ref.iou_scores)) <= TOL
