@@ -14,13 +14,12 @@ and LiteRT builds without Flex could not run it.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 
 import tensorflow as tf
 
-from tf_sam.modeling.common import tanh_gelu
+from tf_sam.modeling.common import gelu_as_single_op, tanh_gelu
 from tf_sam.processing import image_ops
 
 QUANTIZATIONS = (None, "float16", "dynamic_int8")
@@ -136,7 +135,7 @@ def convert_to_tflite(model, part="decoder", quantization=None, tanh_gelu_approx
     if quantization not in QUANTIZATIONS:
         raise ValueError(f"quantization must be one of {QUANTIZATIONS}, got {quantization!r}.")
     processor = image_processor or SamImageProcessor.for_model(model)
-    with tanh_gelu() if tanh_gelu_approximation else contextlib.nullcontext():
+    with tanh_gelu() if tanh_gelu_approximation else gelu_as_single_op():
         fn = _decoder_function(model, processor, return_single_mask) if part == "decoder" else _encoder_function(model)
         concrete = fn.get_concrete_function()
     converter = tf.lite.TFLiteConverter.from_concrete_functions([_frozen(concrete)], model)
