@@ -203,6 +203,11 @@ class SamAutomaticMaskGenerator:
         data["crop_boxes"] = np.tile(np.asarray(crop_box, np.int64)[None], (len(data["rles"]), 1))
         return data
 
+    def _decode_points(self, points):
+        """One foreground click per prompt: `(N, 2)` crop pixels -> `low_res (N, 3, 256, 256)`, `iou (N, 3)`."""
+        return self.predictor.predict_batch_low_res(
+            points[:, None, :], np.ones((len(points), 1), np.int64), multimask_output=True)
+
     def _upscale_chunks(self, low_res):
         """Yields `(start, logits (n, h, w))` at the crop's size, a bounded number at a time."""
         crop_h, crop_w = self.predictor.original_size
@@ -213,8 +218,7 @@ class SamAutomaticMaskGenerator:
     def _score_batch(self, points, crop_box, orig_size):
         """Pass one: scores, stability and boxes of one point batch's masks; no masks kept."""
         orig_h, orig_w = orig_size
-        low_res, iou_preds = self.predictor.predict_batch_low_res(
-            points[:, None, :], np.ones((len(points), 1), np.int64), multimask_output=True)
+        low_res, iou_preds = self._decode_points(points)
         num_masks = low_res.shape[1]
         low_res = low_res.reshape((-1,) + low_res.shape[2:])
         iou_preds = iou_preds.reshape(-1)
@@ -251,8 +255,7 @@ class SamAutomaticMaskGenerator:
         rles, boxes = [], []
         for start in range(0, len(points), self.points_per_batch):
             batch = points[start:start + self.points_per_batch]
-            low_res, _ = self.predictor.predict_batch_low_res(
-                batch[:, None, :], np.ones((len(batch), 1), np.int64), multimask_output=True)
+            low_res, _ = self._decode_points(batch)
             low_res = low_res[np.arange(len(batch)), mask_index[start:start + len(batch)]]
             for _, logits in self._upscale_chunks(low_res):
                 binary = logits > self.mask_threshold

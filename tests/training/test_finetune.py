@@ -21,7 +21,7 @@ import pytest
 import tensorflow as tf
 
 import tf_sam
-from tests.training.helpers import CONFIG, fresh_model
+from tests.training.helpers import fresh_model
 from tests.training.synthetic import write_folder_dataset
 from tf_sam.training import build_datasets, evaluate_mean_iou, freeze, trainable_summary
 
@@ -62,10 +62,10 @@ def trained_full_model(shapes_dir):
     return model, before, after, history.history["loss"]
 
 
-def _with_fresh_decoder(trained, seed=1, cls=tf_sam.SamModel):
+def _with_fresh_decoder(trained, seed=1):
     """A model with `trained`'s image encoder and a newly initialised prompt encoder and decoder:
     the usual starting point of fine-tuning SAM with its encoder frozen."""
-    model = fresh_model(seed=seed, cls=cls)
+    model = fresh_model(seed=seed)
     for target, source in zip(model.vision_encoder.weights, trained.vision_encoder.weights, strict=True):
         target.assign(source)
     return model
