@@ -40,6 +40,23 @@ def test_focal_dice_iou_match_numpy():
     assert mask_iou(-np.ones((4, 4)), np.zeros((4, 4))).numpy() == 1.0  # empty vs empty
 
 
+@pytest.mark.parametrize("gamma", [0.0, 0.5, 2.0])
+def test_focal_gradient_is_finite_for_saturated_logits(gamma):
+    # Saturated pixels (p == 1.0 in float32) once made pow's gradient 0 * inf = nan for
+    # gamma < 1, which turned a whole training run's weights into nan.
+    logits = tf.constant([[[-60.0, -20.0, 0.0, 20.0, 60.0]]])
+    targets = tf.constant([[[0.0, 1.0, 1.0, 0.0, 1.0]]])
+    with tf.GradientTape() as tape:
+        tape.watch(logits)
+        loss = sigmoid_focal_loss(logits, targets, alpha=-1, gamma=gamma)
+    grad = tape.gradient(loss, logits).numpy()
+    assert np.all(np.isfinite(grad)) and np.isfinite(loss.numpy()).all()
+    expected = _np_focal(np.array([[[-8.0, 8.0]]]), np.array([[[0.0, 1.0]]]), alpha=0.5, gamma=gamma) * 2
+    np.testing.assert_allclose(
+        sigmoid_focal_loss([[[-8.0, 8.0]]], [[[0.0, 1.0]]], alpha=-1, gamma=gamma).numpy(), expected, rtol=1e-4)
+    assert grad[0, 0, 1] < 0 and grad[0, 0, 3] > 0  # wrong and confident: still pushed back
+
+
 def test_min_over_masks_backpropagates_only_the_best_mask():
     gt = np.zeros((1, 1, 8, 8), np.float32)
     gt[..., 2:6, 2:6] = 1

@@ -42,10 +42,14 @@ def sigmoid_focal_loss(logits, targets, alpha=0.25, gamma=2.0):
         `(...)` float32: the per-mask mean over its `H * W` pixels.
     """
     logits, targets = _f32(logits), _f32(targets)
-    prob = tf.sigmoid(logits)
     ce = tf.nn.sigmoid_cross_entropy_with_logits(labels=tf.broadcast_to(targets, tf.shape(logits)), logits=logits)
-    p_t = prob * targets + (1.0 - prob) * (1.0 - targets)
-    loss = ce * (1.0 - p_t) ** gamma
+    loss = ce
+    if gamma != 0:
+        # 1 - p_t from sigmoid(-x) rather than 1 - sigmoid(x): no cancellation near p = 1.
+        # The floor keeps pow's gradient finite (gamma < 1 divides by 1 - p_t) where a
+        # pixel is saturated and right; there it has no gradient anyway.
+        miss = tf.sigmoid(logits) * (1.0 - targets) + tf.sigmoid(-logits) * targets
+        loss = ce * tf.pow(tf.maximum(miss, 1e-12), gamma)
     if alpha >= 0:
         loss = (alpha * targets + (1.0 - alpha) * (1.0 - targets)) * loss
     return tf.reduce_mean(loss, axis=[-2, -1])
