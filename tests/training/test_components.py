@@ -13,7 +13,7 @@ from tests.training.synthetic import make_example, write_coco_dataset, write_fol
 from tf_sam import amg
 from tf_sam.training import (
     DatasetError, MaskMeanIoU, PromptSampler, dice_loss, image_dataset, list_coco_examples, list_folder_examples,
-    mask_iou, sam_loss, sam_loss_terms, sample_error_points, sigmoid_focal_loss,
+    mask_iou, prompt_dataset, sam_loss, sam_loss_terms, sample_error_points, sigmoid_focal_loss,
 )
 from tf_sam.training.datasets import decode_coco_segmentation
 
@@ -179,6 +179,38 @@ def test_folder_dataset_decodes_with_shared_processor_ops(tmp_path):
     assert (labels[51:] == -1).all() and (labels[:51] >= 0).all()
     source = np.asarray(Image.open(examples[0].mask).resize((64, 51), Image.NEAREST)).astype(np.int32)
     np.testing.assert_array_equal(labels[:51], source)
+
+
+def _epochs(dataset, count=2):
+    return [[(x["input_points"].numpy(), y["masks"].numpy()) for x, y in dataset] for _ in range(count)]
+
+
+@pytest.mark.parametrize("mode", ["points", "mixed", "points+box"])
+def test_seeded_prompt_dataset_is_reproducible_and_redraws_each_epoch(tmp_path, mode):
+    # Prompts are sampled in a parallel map; with stateful random ops the threads' order
+    # decided which image got which draw, so two runs with one seed trained differently.
+    images, masks = write_folder_dataset(str(tmp_path), 8, seed=6, height=64, width=80)
+    examples = list_folder_examples(images, masks)
+    sampler = PromptSampler(64, 32, num_prompts=3, num_points=2, num_negatives=1, mode=mode)
+    element = next(iter(image_dataset(examples, 64)))
+    seeded = {**element, "seed": tf.constant([3, 4], tf.int64)}
+    one, two = sampler(seeded), sampler(seeded)
+    for key in one[0]:
+        np.testing.assert_array_equal(one[0][key], two[0][key])  # a pure function of the seed
+    assert not np.array_equal(sampler(element)[0]["input_points"], sampler(element)[0]["input_points"])
+
+    def build(seed):
+        tf.random.set_seed(1)
+        return prompt_dataset(image_dataset(examples, 64), sampler, batch_size=4, seed=seed)
+
+    first, again, other = _epochs(build(7)), _epochs(build(7)), _epochs(build(8), count=1)
+    for run_a, run_b in zip(first, again):
+        for (pa, ma), (pb, mb) in zip(run_a, run_b, strict=True):
+            np.testing.assert_array_equal(pa, pb)
+            np.testing.assert_array_equal(ma, mb)
+    points = lambda run: np.concatenate([p for p, _ in run])
+    assert not np.array_equal(points(first[0]), points(first[1]))  # each epoch draws afresh
+    assert not np.array_equal(points(first[0]), points(other[0]))
 
 
 def test_coco_polygons_and_rle(tmp_path):

@@ -340,7 +340,8 @@ def prompt_dataset(images, sampler, batch_size, shuffle=True, repeat=False, seed
         batch_size: images per batch (each with `sampler.num_prompts` prompts).
         shuffle: reshuffle every epoch.
         repeat: repeat forever (then pass `steps_per_epoch` to `fit`).
-        seed: shuffle seed.
+        seed: shuffle and prompt seed: with one, every run draws the same prompts (each epoch
+            its own); None draws from TensorFlow's global random state, not reproducibly.
         cache: keep decoded images in memory (decode once; prompts are still redrawn each epoch).
         drop_remainder: static batch size (needed by some distribution setups).
         fixed_prompts: draw prompts once and keep them (for validation: comparable numbers
@@ -351,8 +352,14 @@ def prompt_dataset(images, sampler, batch_size, shuffle=True, repeat=False, seed
         `image_embeddings (B, h, w, C)`) and the sampler's prompt tensors, `y` with
         `masks (B, P, L, L)` and `valid (B, P)`.
     """
+    def seeded(ds):
+        if seed is None:
+            return ds
+        seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+        return tf.data.Dataset.zip(ds, seeds).map(lambda element, s: {**element, "seed": s})
+
     if fixed_prompts:
-        ds = images.map(sampler).cache()
+        ds = seeded(images).map(sampler).cache()
         if shuffle:
             ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
         if repeat:
@@ -363,7 +370,7 @@ def prompt_dataset(images, sampler, batch_size, shuffle=True, repeat=False, seed
         ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
     if repeat:
         ds = ds.repeat()
-    ds = ds.map(sampler, num_parallel_calls=tf.data.AUTOTUNE)
+    ds = seeded(ds).map(sampler, num_parallel_calls=tf.data.AUTOTUNE)
     return ds.batch(batch_size, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE)
 
 
@@ -422,5 +429,5 @@ def build_datasets(config, images_dir=None, masks_dir=None, coco=None, coco_imag
     val = None
     if val_ex:
         val_sampler = sampler_for(config, **dict(validation_prompt_options or options))
-        val = prompt_dataset(images(val_ex), val_sampler, batch_size, shuffle=False, fixed_prompts=True)
+        val = prompt_dataset(images(val_ex), val_sampler, batch_size, shuffle=False, fixed_prompts=True, seed=seed)
     return train, val, {"train_examples": train_ex, "validation_examples": val_ex}

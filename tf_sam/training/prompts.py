@@ -6,6 +6,11 @@ mask. `PromptSampler` turns one preprocessed image and its instance label map in
 prompts plus the low-resolution target masks; it is a plain function of tensors, so it
 runs in `Dataset.map` with a fresh draw every epoch.
 
+Every random helper takes an optional stateless `seed` (`(2,)` int): given one, the draw is
+a pure function of it, so a parallel `map` gives the same prompts run after run (stateful
+random ops there draw in whatever order the threads happen to run). `prompt_dataset` feeds
+each element its own seed from `Dataset.random`.
+
 Coordinates are in the model's input frame: pixels of the resized image inside the
 `S x S` padded input (`S = vision_config.image_size`), `(x, y)` order, boxes `xyxy`.
 """
@@ -23,12 +28,26 @@ PAD_LABEL = -10  # HF's padding label: the point's embedding is zeroed
 _MODES = ("points", "box", "points+box", "mixed")
 
 
-def masks_from_label_map(label_map, num_prompts):
+def _uniform(shape, seed, minval=0.0, maxval=1.0):
+    if seed is None:
+        return tf.random.uniform(shape, minval, maxval)
+    return tf.random.stateless_uniform(shape, seed, minval, maxval)
+
+
+def _split(seed, count):
+    """`count` independent stateless seeds from one (`None`s when `seed` is None)."""
+    if seed is None:
+        return [None] * count
+    return tf.unstack(tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), count))
+
+
+def masks_from_label_map(label_map, num_prompts, seed=None):
     """Picks up to `num_prompts` instances of a label map at random.
 
     Args:
         label_map: `(S, S)` int32: instance id per pixel, 0 background, -1 padding.
         num_prompts: P, a Python int.
+        seed: optional `(2,)` int stateless seed.
 
     Returns:
         `(masks (P, S, S) bool, valid (P,) float32)`. With fewer than P instances the chosen
@@ -36,7 +55,8 @@ def masks_from_label_map(label_map, num_prompts):
         all masks are empty and `valid` is 0.
     """
     ids, _ = tf.unique(tf.reshape(label_map, [-1]))
-    ids = tf.random.shuffle(tf.boolean_mask(ids, ids > 0))
+    ids = tf.boolean_mask(ids, ids > 0)
+    ids = tf.random.shuffle(ids) if seed is None else tf.random.experimental.stateless_shuffle(ids, seed)
     count = tf.size(ids)
     index = tf.math.floormod(tf.range(num_prompts), tf.maximum(count, 1))
     chosen = tf.gather(tf.concat([ids, [0]], axis=0), index)
@@ -46,12 +66,13 @@ def masks_from_label_map(label_map, num_prompts):
     return masks, valid
 
 
-def sample_points(region, num_points):
+def sample_points(region, num_points, seed=None):
     """Distinct random pixels of each region, uniformly (Gumbel top-k).
 
     Args:
         region: `(P, H, W)` bool.
         num_points: K, a Python int.
+        seed: optional `(2,)` int stateless seed.
 
     Returns:
         `(points (P, K, 2) float32 xy, found (P, K) bool)`; `found` is False where a region
@@ -60,14 +81,14 @@ def sample_points(region, num_points):
     shape = tf.shape(region)
     width = shape[2]
     flat = tf.reshape(region, [shape[0], -1])
-    noise = -tf.math.log(-tf.math.log(tf.random.uniform(tf.shape(flat), 1e-7, 1.0)))
+    noise = -tf.math.log(-tf.math.log(_uniform(tf.shape(flat), seed, 1e-7, 1.0)))
     scores = tf.where(flat, noise, tf.fill(tf.shape(noise), float("-inf")))
     values, index = tf.math.top_k(scores, k=num_points)
     xy = tf.stack([index % width, index // width], axis=-1)
     return tf.cast(xy, tf.float32), values > float("-inf")
 
 
-def boxes_from_masks(masks, jitter=0.0, max_jitter=None, image_hw=None):
+def boxes_from_masks(masks, jitter=0.0, max_jitter=None, image_hw=None, seed=None):
     """Tight `xyxy` boxes of masks, optionally jittered like the SAM paper.
 
     Args:
@@ -77,6 +98,7 @@ def boxes_from_masks(masks, jitter=0.0, max_jitter=None, image_hw=None):
         max_jitter: cap on the noise in pixels (the paper's 20 px at 1024).
         image_hw: `(2,)` int extent `[h, w]` the jittered box is clipped to (the resized
             image inside the padding); the full mask size when None.
+        seed: optional `(2,)` int stateless seed for the jitter.
 
     Returns:
         `(P, 4)` float32 boxes; all zeros for an empty mask.
@@ -95,7 +117,8 @@ def boxes_from_masks(masks, jitter=0.0, max_jitter=None, image_hw=None):
     boxes = tf.stack([x0, y0, x1, y1], axis=-1)
     if jitter:
         side = tf.stack([x1 - x0, y1 - y0, x1 - x0, y1 - y0], axis=-1) + 1.0
-        noise = tf.random.normal(tf.shape(boxes)) * jitter * side
+        gauss = tf.random.normal if seed is None else lambda shape: tf.random.stateless_normal(shape, seed)
+        noise = gauss(tf.shape(boxes)) * jitter * side
         if max_jitter is not None:
             noise = tf.clip_by_value(noise, -float(max_jitter), float(max_jitter))
         boxes = boxes + noise
@@ -174,7 +197,8 @@ class PromptSampler:
 
     Calling it on one unbatched element returns `(x, y)`: `x` holds the image entry plus
     `input_points (P, N, 2)` / `input_labels (P, N)` and/or `input_boxes (P, 4)`; `y` holds
-    `masks (P, L, L)` float32 and `valid (P,)` float32.
+    `masks (P, L, L)` float32 and `valid (P,)` float32. An element's optional `seed`
+    (`(2,)` int) makes the draw a pure function of it.
     """
 
     image_size: int
@@ -206,7 +230,8 @@ class PromptSampler:
 
     def __call__(self, element):
         label_map = tf.convert_to_tensor(element["label_map"])
-        masks, valid = masks_from_label_map(label_map, self.num_prompts)
+        pick_seed, box_seed, point_seed, mix_seed = _split(element.get("seed"), 4)
+        masks, valid = masks_from_label_map(label_map, self.num_prompts, pick_seed)
         x = {k: v for k, v in element.items() if k in ("pixel_values", "image_embeddings")}
         image_region = label_map >= 0
         # The resized image's extent inside the padding, for clipping jittered boxes.
@@ -215,9 +240,9 @@ class PromptSampler:
             tf.reduce_sum(tf.cast(tf.reduce_any(image_region, axis=0), tf.int32)),
         ])
         if self.mode in ("box", "points+box", "mixed"):
-            boxes = boxes_from_masks(masks, self.box_jitter, self.max_box_jitter, image_hw)
+            boxes = boxes_from_masks(masks, self.box_jitter, self.max_box_jitter, image_hw, box_seed)
         if self.mode != "box":
-            points, labels = self._points(masks, image_region)
+            points, labels = self._points(masks, image_region, point_seed)
         if self.mode in ("points", "points+box"):
             x["input_points"], x["input_labels"] = points, labels
         if self.mode in ("box", "points+box"):
@@ -229,21 +254,22 @@ class PromptSampler:
             box_labels = tf.concat(
                 [tf.tile([[2, 3]], [self.num_prompts, 1]), tf.fill([self.num_prompts, n - 2], PAD_LABEL)], axis=1
             )
-            use_box = tf.random.uniform([self.num_prompts]) < 0.5
+            use_box = _uniform([self.num_prompts], mix_seed) < 0.5
             x["input_points"] = tf.where(use_box[:, None, None], box_points, points)
             x["input_labels"] = tf.where(use_box[:, None], box_labels, labels)
         y = {"masks": downsample_masks(masks, self.mask_size), "valid": valid}
         return x, y
 
-    def _points(self, masks, image_region):
+    def _points(self, masks, image_region, seed=None):
         parts, label_parts = [], []
+        pos_seed, neg_seed = _split(seed, 2)
         if self.num_points:
-            pos, found = sample_points(masks, self.num_points)
+            pos, found = sample_points(masks, self.num_points, pos_seed)
             parts.append(pos)
             label_parts.append(tf.where(found, 1, PAD_LABEL))
         if self.num_negatives:
             background = tf.logical_and(image_region[None], tf.logical_not(masks))
-            neg, found = sample_points(background, self.num_negatives)
+            neg, found = sample_points(background, self.num_negatives, neg_seed)
             parts.append(neg)
             label_parts.append(tf.where(found, 0, PAD_LABEL))
         points = tf.concat(parts, axis=1)
