@@ -36,6 +36,9 @@ def register(subparsers):
     p.add_argument("--learning-rate", type=float, default=1e-4, help="peak learning rate (default 1e-4)")
     p.add_argument("--schedule", choices=("cosine", "constant"), default="cosine",
                    help="learning rate over the run: cosine decay to 0 (default) or constant")
+    p.add_argument("--warmup-steps", type=int, default=0, metavar="N",
+                   help="linear warm-up from 0 over the first N steps (SAM: 250); a newly initialised "
+                        "decoder can collapse to one mask when its first steps take the peak rate")
     p.add_argument("--weight-decay", type=float, default=1e-4)
     p.add_argument("--validation-split", type=float, default=0.2, help="fraction of images held out (default 0.2)")
     p.add_argument("--freeze-encoder", action="store_true",
@@ -57,6 +60,24 @@ def register(subparsers):
     p.add_argument("--verbose", type=int, choices=(0, 1, 2), default=1, help="Keras progress: 0 silent, 1 bar, 2 line")
     p.set_defaults(func=cmd_finetune)
     return p
+
+
+def _learning_rate(args, train):
+    """The peak rate, constant or cosine-decayed to 0, after `--warmup-steps` of linear warm-up."""
+    import keras
+
+    steps = max(1, args.epochs * int(train.cardinality().numpy() if train.cardinality() > 0 else 1))
+    warmup = min(max(args.warmup_steps, 0), steps - 1)
+    if args.schedule == "cosine":
+        # Decaying to zero settles the last epochs; a constant rate leaves them noisy.
+        if not warmup:
+            return keras.optimizers.schedules.CosineDecay(args.learning_rate, steps)
+        return keras.optimizers.schedules.CosineDecay(
+            0.0, steps - warmup, warmup_target=args.learning_rate, warmup_steps=warmup)
+    if not warmup:
+        return args.learning_rate
+    return keras.optimizers.schedules.CosineDecay(
+        0.0, 1, alpha=1.0, warmup_target=args.learning_rate, warmup_steps=warmup)
 
 
 def cmd_finetune(args):
@@ -125,11 +146,7 @@ def cmd_finetune(args):
         iou_before = evaluate_mean_iou(model, held_out, multimask_output=multimask)
         print(f"mean IoU before: {iou_before:.4f}")
 
-        learning_rate = args.learning_rate
-        if args.schedule == "cosine":
-            # Decaying to zero settles the last epochs; a constant rate leaves them noisy.
-            steps = max(1, args.epochs * int(train.cardinality().numpy() if train.cardinality() > 0 else 1))
-            learning_rate = keras.optimizers.schedules.CosineDecay(args.learning_rate, steps)
+        learning_rate = _learning_rate(args, train)
         model.compile(
             optimizer=keras.optimizers.AdamW(learning_rate, weight_decay=args.weight_decay),
             multimask_output=multimask, focal_weight=args.focal_weight, jit_compile=False,

@@ -2,8 +2,11 @@
 
 The full model trains from random weights; the frozen-encoder runs (API and CLI) start,
 as real SAM fine-tuning does, from a pretrained encoder (the full run's) with a newly
-initialised decoder. Status against issue 5: gains measured +0.05 to +0.21 across repeated
-runs in this budget, so the tests assert far less than the issue's +0.2; see the issue note.
+initialised decoder. Status against issue 5: over repeated runs of this recipe the gains were
++0.19 to +0.35 (full model and frozen encoder; the CLI's shorter run +0.24), so +0.2 is the
+usual outcome but not a certain one, and the tests bound below the worst run seen.
+Training a random SAM is chaotic: run-to-run float differences in threaded kernels send
+runs with identical seeds and prompts (the pipeline is seeded) to different optima.
 
 Training from random weights, the paper's focal term (alpha 0.25, weight 20) first drives
 every mask to background and needs hundreds of steps to recover; starting from a
@@ -21,15 +24,22 @@ import pytest
 import tensorflow as tf
 
 import tf_sam
+from tests.conftest import tiny_config_dict
 from tests.training.helpers import fresh_model
 from tests.training.synthetic import write_folder_dataset
 from tf_sam.training import build_datasets, evaluate_mean_iou, freeze, trainable_summary
 
 PROMPTS = dict(num_prompts=4, num_points=1, num_negatives=1, mode="points")
-EPOCHS = 30
+# The training tests' tiny model with a decoder twice as wide (32): with 16 channels its
+# upscaled mask features have 2 channels, and from random weights it learned the clicked
+# object in some runs only (+0.18 to +0.33 after 1,000 steps, against +0.29 to +0.35 here).
+CONFIG = tiny_config_dict(image=64, patch=8, decoder_hidden=32, decoder_mlp=48)
+EPOCHS = 100  # 1,000 steps: about 2 minutes for the full model, 1 for the cached decoder
+FROZEN_EPOCHS = 60
+LEARNING_RATE = 3e-3
 
 
-def _optimizer(train, epochs=EPOCHS, learning_rate=1e-2, warmup_steps=20):
+def _optimizer(train, epochs=EPOCHS, learning_rate=LEARNING_RATE, warmup_steps=20):
     """AdamW, linear warm-up then cosine decay: a constant rate leaves the final epochs noisy,
     and starting at the peak rate sometimes kills every mask of the random model."""
     steps = epochs * int(train.cardinality().numpy())
@@ -50,7 +60,7 @@ def trained_full_model(shapes_dir):
     """The tiny model fine-tuned end to end, with its held-out IoU before and after and its
     loss history; the frozen-encoder tests reuse its encoder as their pretrained one."""
     images, masks = shapes_dir
-    model = fresh_model(seed=0)
+    model = fresh_model(seed=0, config=CONFIG)
     train, val, info = build_datasets(
         model.config, images, masks, batch_size=4, validation_split=0.2, seed=0, prompt_options=PROMPTS,
     )
@@ -65,7 +75,7 @@ def trained_full_model(shapes_dir):
 def _with_fresh_decoder(trained, seed=1):
     """A model with `trained`'s image encoder and a newly initialised prompt encoder and decoder:
     the usual starting point of fine-tuning SAM with its encoder frozen."""
-    model = fresh_model(seed=seed)
+    model = fresh_model(seed=seed, config=CONFIG)
     for target, source in zip(model.vision_encoder.weights, trained.vision_encoder.weights, strict=True):
         target.assign(source)
     return model
@@ -74,12 +84,9 @@ def _with_fresh_decoder(trained, seed=1):
 def test_finetune_full_model_improves_heldout_iou(trained_full_model):
     _, before, after, losses = trained_full_model
     print(f"full model: loss {losses[0]:.4f} -> {losses[-1]:.4f}, held-out mean IoU {before:.4f} -> {after:.4f}")
-    assert np.mean(losses[-3:]) < 0.75 * losses[0]
-    # Measured over repeated runs on the 2-core CI machine: +0.05 to +0.21 (0.05 -> 0.10..0.26);
-    # thread-order float noise and any numerics change of the model (e.g. a re-associated
-    # matmul) send this chaotic optimisation elsewhere. Issue 5's +0.2 is not reliably met
-    # here (open); the bound sits below the worst run seen.
-    assert after - before >= 0.03, (before, after)
+    assert np.mean(losses[-3:]) < 0.6 * losses[0]
+    # Measured +0.195, +0.24, +0.31, +0.345 (model seeds 0-2); issue 5 asks +0.2.
+    assert after - before >= 0.12, (before, after)
 
 
 def test_finetune_frozen_encoder_with_cached_embeddings(shapes_dir, trained_full_model):
@@ -96,16 +103,19 @@ def test_finetune_frozen_encoder_with_cached_embeddings(shapes_dir, trained_full
     x, _ = next(iter(train))
     assert "image_embeddings" in x and "pixel_values" not in x
     before = evaluate_mean_iou(model, val)
-    model.compile(_optimizer(train), focal_weight=0.0, jit_compile=False)
-    history = model.fit(train, epochs=EPOCHS, verbose=0)
+    model.compile(_optimizer(train, FROZEN_EPOCHS), focal_weight=0.0, jit_compile=False)
+    history = model.fit(train, epochs=FROZEN_EPOCHS, verbose=0)
     after = evaluate_mean_iou(model, val)
     losses = history.history["loss"]
     print(f"frozen encoder: loss {losses[0]:.4f} -> {losses[-1]:.4f}, held-out mean IoU {before:.4f} -> {after:.4f}")
     for old, new in zip(encoder_before, model.vision_encoder.weights):
         np.testing.assert_array_equal(old, new.numpy())
-    assert np.mean(losses[-3:]) < 0.85 * losses[0]
-    # Measured +0.07 to +0.21 over repeated runs (issue 5 asks +0.2; open).
-    assert after - before >= 0.03, (before, after)
+    assert np.mean(losses[-3:]) < 0.6 * losses[0]
+    # Measured +0.19, +0.29, +0.29, +0.35 from the encoders of the full runs above.
+    assert after - before >= 0.12, (before, after)
+
+
+CLI_EPOCHS = 40  # the smaller run
 
 
 def _run_cli(argv):
@@ -121,7 +131,8 @@ def test_cli_finetune_frozen_encoder(shapes_dir, trained_full_model, tmp_path, c
     out = tmp_path / "tuned"
     _run_cli([
         "finetune", "--images", images, "--masks", masks, "--checkpoint", str(source), "--output", str(out),
-        "--epochs", str(EPOCHS), "--batch-size", "4", "--freeze-encoder", "--learning-rate", "3e-3",
+        "--epochs", str(CLI_EPOCHS), "--batch-size", "4", "--freeze-encoder", "--learning-rate", str(LEARNING_RATE),
+        "--warmup-steps", "20",
         "--focal-weight", "0", "--prompts", "points", "--num-negatives", "1", "--verbose", "2",
     ])
     printed = capsys.readouterr().out
@@ -130,8 +141,24 @@ def test_cli_finetune_frozen_encoder(shapes_dir, trained_full_model, tmp_path, c
     before, after = record["mean_iou_before"], record["mean_iou_after"]
     print(f"CLI: held-out mean IoU {before:.4f} -> {after:.4f}")
     losses = record["history"]["loss"]
-    assert np.mean(losses[-3:]) < 0.85 * losses[0], losses
-    assert after - before >= 0.03, (before, after)  # measured +0.08 (issue 5 asks +0.2; open)
-    assert len(os.listdir(out / "checkpoints")) == EPOCHS
+    assert np.mean(losses[-3:]) < 0.7 * losses[0], losses
+    assert after - before >= 0.1, (before, after)  # measured +0.24
+    assert len(os.listdir(out / "checkpoints")) == CLI_EPOCHS
     reloaded = tf_sam.SamModel.from_pretrained(out)
-    assert reloaded.count_params() == fresh_model(seed=1, cls=tf_sam.SamModel).count_params()
+    assert reloaded.count_params() == fresh_model(seed=1, config=CONFIG).count_params()
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "constant"])
+def test_cli_warmup_ramps_then_follows_the_schedule(schedule):
+    import argparse
+
+    from tf_sam.cli_finetune import _learning_rate
+
+    args = argparse.Namespace(epochs=10, warmup_steps=20, schedule=schedule, learning_rate=1e-2)
+    rate = _learning_rate(args, tf.data.Dataset.range(10))  # 10 steps per epoch, 100 in all
+    values = [float(rate(step)) for step in (0, 10, 20, 60, 99)]
+    np.testing.assert_allclose(values[:3], [0.0, 5e-3, 1e-2], rtol=1e-5, atol=1e-9)
+    if schedule == "cosine":
+        assert 0 < values[3] < 1e-2 and values[4] < 1e-5
+    else:
+        np.testing.assert_allclose(values[3:], [1e-2, 1e-2], rtol=1e-6)
