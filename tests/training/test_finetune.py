@@ -85,7 +85,7 @@ def test_finetune_full_model_improves_heldout_iou(trained_full_model):
     _, before, after, losses = trained_full_model
     print(f"full model: loss {losses[0]:.4f} -> {losses[-1]:.4f}, held-out mean IoU {before:.4f} -> {after:.4f}")
     assert np.mean(losses[-3:]) < 0.6 * losses[0]
-    # Measured +0.195, +0.24, +0.31, +0.345 (model seeds 0-2); issue 5 asks +0.2.
+    # Measured +0.195, +0.22, +0.24, +0.31, +0.345 (model seeds 0-2); issue 5 asks +0.2.
     assert after - before >= 0.12, (before, after)
 
 
@@ -111,7 +111,7 @@ def test_finetune_frozen_encoder_with_cached_embeddings(shapes_dir, trained_full
     for old, new in zip(encoder_before, model.vision_encoder.weights):
         np.testing.assert_array_equal(old, new.numpy())
     assert np.mean(losses[-3:]) < 0.6 * losses[0]
-    # Measured +0.19, +0.29, +0.29, +0.35 from the encoders of the full runs above.
+    # Measured +0.19, +0.28, +0.29, +0.29, +0.35 from the encoders of the full runs above.
     assert after - before >= 0.12, (before, after)
 
 
@@ -142,7 +142,7 @@ def test_cli_finetune_frozen_encoder(shapes_dir, trained_full_model, tmp_path, c
     print(f"CLI: held-out mean IoU {before:.4f} -> {after:.4f}")
     losses = record["history"]["loss"]
     assert np.mean(losses[-3:]) < 0.7 * losses[0], losses
-    assert after - before >= 0.1, (before, after)  # measured +0.24
+    assert after - before >= 0.1, (before, after)  # measured +0.24, +0.245
     assert len(os.listdir(out / "checkpoints")) == CLI_EPOCHS
     reloaded = tf_sam.SamModel.from_pretrained(out)
     assert reloaded.count_params() == fresh_model(seed=1, config=CONFIG).count_params()
