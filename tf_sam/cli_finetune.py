@@ -63,21 +63,11 @@ def register(subparsers):
 
 
 def _learning_rate(args, train):
-    """The peak rate, constant or cosine-decayed to 0, after `--warmup-steps` of linear warm-up."""
-    import keras
+    """`--learning-rate` over the run: `--warmup-steps` of ramp, then `--schedule`."""
+    from tf_sam.training import warmup_schedule
 
-    steps = max(1, args.epochs * int(train.cardinality().numpy() if train.cardinality() > 0 else 1))
-    warmup = min(max(args.warmup_steps, 0), steps - 1)
-    if args.schedule == "cosine":
-        # Decaying to zero settles the last epochs; a constant rate leaves them noisy.
-        if not warmup:
-            return keras.optimizers.schedules.CosineDecay(args.learning_rate, steps)
-        return keras.optimizers.schedules.CosineDecay(
-            0.0, steps - warmup, warmup_target=args.learning_rate, warmup_steps=warmup)
-    if not warmup:
-        return args.learning_rate
-    return keras.optimizers.schedules.CosineDecay(
-        0.0, 1, alpha=1.0, warmup_target=args.learning_rate, warmup_steps=warmup)
+    steps = args.epochs * int(train.cardinality().numpy() if train.cardinality() > 0 else 1)
+    return warmup_schedule(args.learning_rate, steps, args.warmup_steps, decay=args.schedule)
 
 
 def cmd_finetune(args):

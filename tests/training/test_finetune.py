@@ -27,7 +27,7 @@ import tf_sam
 from tests.conftest import tiny_config_dict
 from tests.training.helpers import fresh_model
 from tests.training.synthetic import write_folder_dataset
-from tf_sam.training import build_datasets, evaluate_mean_iou, freeze, trainable_summary
+from tf_sam.training import build_datasets, evaluate_mean_iou, freeze, trainable_summary, warmup_schedule
 
 PROMPTS = dict(num_prompts=4, num_points=1, num_negatives=1, mode="points")
 # The training tests' tiny model with a decoder twice as wide (32): with 16 channels its
@@ -43,9 +43,15 @@ def _optimizer(train, epochs=EPOCHS, learning_rate=LEARNING_RATE, warmup_steps=2
     """AdamW, linear warm-up then cosine decay: a constant rate leaves the final epochs noisy,
     and starting at the peak rate sometimes kills every mask of the random model."""
     steps = epochs * int(train.cardinality().numpy())
-    schedule = keras.optimizers.schedules.CosineDecay(
-        0.0, steps - warmup_steps, warmup_target=learning_rate, warmup_steps=warmup_steps)
-    return keras.optimizers.AdamW(schedule, weight_decay=1e-4)
+    return keras.optimizers.AdamW(warmup_schedule(learning_rate, steps, warmup_steps), weight_decay=1e-4)
+
+
+def _fit_and_measure(model, train, val, epochs):
+    """Fine-tunes with dice + IoU-MSE; returns held-out mean IoU before and after, and the losses."""
+    before = evaluate_mean_iou(model, val)
+    model.compile(_optimizer(train, epochs), focal_weight=0.0, jit_compile=False)
+    history = model.fit(train, epochs=epochs, verbose=0)
+    return before, evaluate_mean_iou(model, val), history.history["loss"]
 
 
 @pytest.fixture(scope="module")
@@ -65,11 +71,7 @@ def trained_full_model(shapes_dir):
         model.config, images, masks, batch_size=4, validation_split=0.2, seed=0, prompt_options=PROMPTS,
     )
     assert len(info["validation_examples"]) == 10
-    before = evaluate_mean_iou(model, val)
-    model.compile(_optimizer(train), focal_weight=0.0, jit_compile=False)
-    history = model.fit(train, epochs=EPOCHS, verbose=0)
-    after = evaluate_mean_iou(model, val)
-    return model, before, after, history.history["loss"]
+    return (model, *_fit_and_measure(model, train, val, EPOCHS))
 
 
 def _with_fresh_decoder(trained, seed=1):
@@ -102,11 +104,7 @@ def test_finetune_frozen_encoder_with_cached_embeddings(shapes_dir, trained_full
     )
     x, _ = next(iter(train))
     assert "image_embeddings" in x and "pixel_values" not in x
-    before = evaluate_mean_iou(model, val)
-    model.compile(_optimizer(train, FROZEN_EPOCHS), focal_weight=0.0, jit_compile=False)
-    history = model.fit(train, epochs=FROZEN_EPOCHS, verbose=0)
-    after = evaluate_mean_iou(model, val)
-    losses = history.history["loss"]
+    before, after, losses = _fit_and_measure(model, train, val, FROZEN_EPOCHS)
     print(f"frozen encoder: loss {losses[0]:.4f} -> {losses[-1]:.4f}, held-out mean IoU {before:.4f} -> {after:.4f}")
     for old, new in zip(encoder_before, model.vision_encoder.weights):
         np.testing.assert_array_equal(old, new.numpy())
@@ -162,3 +160,7 @@ def test_cli_warmup_ramps_then_follows_the_schedule(schedule):
         assert 0 < values[3] < 1e-2 and values[4] < 1e-5
     else:
         np.testing.assert_allclose(values[3:], [1e-2, 1e-2], rtol=1e-6)
+    no_warmup = warmup_schedule(1e-2, 100, 0, decay=schedule)
+    assert float(no_warmup(0)) == pytest.approx(1e-2)
+    with pytest.raises(ValueError, match="decay"):
+        warmup_schedule(1e-2, 100, decay="linear")

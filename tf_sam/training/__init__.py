@@ -13,11 +13,12 @@ from tf_sam.training.losses import (
 from tf_sam.training.metrics import MaskMeanIoU, evaluate_mean_iou, select_masks
 from tf_sam.training.model_mixin import SamTrainingMixin
 from tf_sam.training.prompts import PromptSampler, sample_error_points
+from tf_sam.training.schedules import warmup_schedule
 
 __all__ = [
     "DatasetError", "Example", "MaskMeanIoU", "PromptSampler", "SamLoss", "SamTrainingMixin", "build_datasets",
     "cache_image_embeddings", "dice_loss", "enable_lora", "evaluate_mean_iou", "freeze", "image_dataset",
     "iou_mse_loss", "list_coco_examples", "list_folder_examples", "mask_iou", "prompt_dataset", "sam_loss",
     "sam_loss_terms", "sample_error_points", "sampler_for", "select_masks", "sigmoid_focal_loss",
-    "split_examples", "trainable_summary",
+    "split_examples", "trainable_summary", "warmup_schedule",
 ]

@@ -34,6 +34,10 @@ def _uniform(shape, seed, minval=0.0, maxval=1.0):
     return tf.random.stateless_uniform(shape, seed, minval, maxval)
 
 
+def _normal(shape, seed):
+    return tf.random.normal(shape) if seed is None else tf.random.stateless_normal(shape, seed)
+
+
 def _split(seed, count):
     """`count` independent stateless seeds from one (`None`s when `seed` is None)."""
     if seed is None:
@@ -117,8 +121,7 @@ def boxes_from_masks(masks, jitter=0.0, max_jitter=None, image_hw=None, seed=Non
     boxes = tf.stack([x0, y0, x1, y1], axis=-1)
     if jitter:
         side = tf.stack([x1 - x0, y1 - y0, x1 - x0, y1 - y0], axis=-1) + 1.0
-        gauss = tf.random.normal if seed is None else lambda shape: tf.random.stateless_normal(shape, seed)
-        noise = gauss(tf.shape(boxes)) * jitter * side
+        noise = _normal(tf.shape(boxes), seed) * jitter * side
         if max_jitter is not None:
             noise = tf.clip_by_value(noise, -float(max_jitter), float(max_jitter))
         boxes = boxes + noise
