@@ -53,6 +53,10 @@ def register(subparsers):
     p.add_argument("--num-negatives", type=int, default=0, help="background clicks per object")
     p.add_argument("--single-mask", action="store_true", help="train the single-mask output instead of 3 masks")
     p.add_argument("--focal-weight", type=float, default=20.0, help="focal : dice weight (SAM: 20)")
+    p.add_argument("--focal-alpha", type=float, default=0.25,
+                   help="focal loss weight of the mask's pixels (SAM: 0.25); negative weighs both classes alike")
+    p.add_argument("--focal-gamma", type=float, default=2.0,
+                   help="focal loss exponent (SAM: 2); 0 with --focal-alpha -1 is plain binary cross-entropy")
     p.add_argument("--mixed-precision", action="store_true", help="compute in bfloat16 (mixed_bfloat16 policy)")
     p.add_argument("--skip-bad", action="store_true",
                    help="skip unreadable, empty or mismatched examples with a warning instead of stopping")
@@ -139,7 +143,8 @@ def cmd_finetune(args):
         learning_rate = _learning_rate(args, train)
         model.compile(
             optimizer=keras.optimizers.AdamW(learning_rate, weight_decay=args.weight_decay),
-            multimask_output=multimask, focal_weight=args.focal_weight, jit_compile=False,
+            multimask_output=multimask, focal_weight=args.focal_weight, focal_alpha=args.focal_alpha,
+            focal_gamma=args.focal_gamma, jit_compile=False,
         )
         os.makedirs(args.output, exist_ok=True)
         callbacks = [
@@ -160,6 +165,7 @@ def cmd_finetune(args):
         record = {
             "checkpoint": args.checkpoint, "train_images": n_train, "validation_images": n_val,
             "epochs": args.epochs, "mean_iou_before": iou_before, "mean_iou_after": iou_after,
+            "loss": dict(model._sam_loss_options),  # as compiled: how this model was trained
             "history": {k: [float(v) for v in vals] for k, vals in history.history.items()},
             "seconds": round(time.perf_counter() - start, 1),
         }

@@ -2,17 +2,18 @@
 
 The full model trains from random weights; the frozen-encoder runs (API and CLI) start,
 as real SAM fine-tuning does, from a pretrained encoder (the full run's) with a newly
-initialised decoder. Status against issue 5: over repeated runs of this recipe the gains were
-+0.19 to +0.35 (full model and frozen encoder; the CLI's shorter run +0.24), so +0.2 is the
-usual outcome but not a certain one, and the tests bound below the worst run seen.
-Training a random SAM is chaotic: run-to-run float differences in threaded kernels send
-runs with identical seeds and prompts (the pipeline is seeded) to different optima.
+initialised decoder. Issue 5 asks for +0.2 held-out mean IoU; the measured gains of this
+recipe are in the comments at each bound. Training a random SAM is chaotic: float
+differences in threaded kernels send runs with identical seeds and prompts (the pipeline
+is seeded) to different optima, so the bounds sit below the worst run measured.
 
-Training from random weights, the paper's focal term (alpha 0.25, weight 20) first drives
-every mask to background and needs hundreds of steps to recover; starting from a
-pretrained SAM it does not. These tests therefore train with dice + IoU-MSE
-(`focal_weight=0`) to fit the suite's time budget; `test_training.py` checks the full
-20:1 loss decreasing.
+What made +0.2 the usual outcome rather than a lucky one (each measured on several seeds):
+160 images rather than 48 (with 38 training images the model reached train IoU 0.45-0.55
+but held-out 0.2-0.25), and per-pixel binary cross-entropy beside dice (dice alone left
+some runs segmenting every salient shape whatever the click, +0.18 to +0.22). The paper's
+focal term (alpha 0.25, weight 20) is tuned for a pretrained SAM: from random weights it
+first drives every mask to background; `test_training.py` checks the full 20:1 loss
+decreasing.
 """
 
 import json
@@ -30,12 +31,15 @@ from tests.training.synthetic import write_folder_dataset
 from tf_sam.training import build_datasets, evaluate_mean_iou, freeze, trainable_summary, warmup_schedule
 
 PROMPTS = dict(num_prompts=4, num_points=1, num_negatives=1, mode="points")
+# Binary cross-entropy (the focal term with gamma 0, no class weight) + dice, 1:1, + IoU MSE.
+LOSS = dict(focal_weight=1.0, focal_alpha=-1.0, focal_gamma=0.0)
+IMAGES = 160  # 128 training (32 steps of 4 per epoch), 32 held out
 # The training tests' tiny model with a decoder twice as wide (32): with 16 channels its
 # upscaled mask features have 2 channels, and from random weights it learned the clicked
-# object in some runs only (+0.18 to +0.33 after 1,000 steps, against +0.29 to +0.35 here).
+# object in some runs only (48 images, dice: +0.18 to +0.33, against +0.19 to +0.35 at 32).
 CONFIG = tiny_config_dict(image=64, patch=8, decoder_hidden=32, decoder_mlp=48)
-EPOCHS = 100  # 1,000 steps: about 2 minutes for the full model, 1 for the cached decoder
-FROZEN_EPOCHS = 60
+EPOCHS = 31  # 992 steps: about 2 minutes for the full model
+FROZEN_EPOCHS = 25  # 800 steps of the cached decoder: about 1 minute
 LEARNING_RATE = 3e-3
 
 
@@ -47,9 +51,9 @@ def _optimizer(train, epochs=EPOCHS, learning_rate=LEARNING_RATE, warmup_steps=2
 
 
 def _fit_and_measure(model, train, val, epochs):
-    """Fine-tunes with dice + IoU-MSE; returns held-out mean IoU before and after, and the losses."""
+    """Fine-tunes with `LOSS`; returns held-out mean IoU before and after, and the losses."""
     before = evaluate_mean_iou(model, val)
-    model.compile(_optimizer(train, epochs), focal_weight=0.0, jit_compile=False)
+    model.compile(_optimizer(train, epochs), **LOSS, jit_compile=False)
     history = model.fit(train, epochs=epochs, verbose=0)
     return before, evaluate_mean_iou(model, val), history.history["loss"]
 
@@ -57,7 +61,7 @@ def _fit_and_measure(model, train, val, epochs):
 @pytest.fixture(scope="module")
 def shapes_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("shapes")
-    images, masks = write_folder_dataset(str(root), 48, seed=1)
+    images, masks = write_folder_dataset(str(root), IMAGES, seed=1)
     return images, masks
 
 
@@ -70,7 +74,7 @@ def trained_full_model(shapes_dir):
     train, val, info = build_datasets(
         model.config, images, masks, batch_size=4, validation_split=0.2, seed=0, prompt_options=PROMPTS,
     )
-    assert len(info["validation_examples"]) == 10
+    assert len(info["validation_examples"]) == 32
     return (model, *_fit_and_measure(model, train, val, EPOCHS))
 
 
@@ -87,8 +91,9 @@ def test_finetune_full_model_improves_heldout_iou(trained_full_model):
     _, before, after, losses = trained_full_model
     print(f"full model: loss {losses[0]:.4f} -> {losses[-1]:.4f}, held-out mean IoU {before:.4f} -> {after:.4f}")
     assert np.mean(losses[-3:]) < 0.6 * losses[0]
-    # Measured +0.195, +0.22, +0.24, +0.31, +0.345 (model seeds 0-2); issue 5 asks +0.2.
-    assert after - before >= 0.12, (before, after)
+    # Issue 5's +0.2. Measured +0.306 (twice), +0.349 (twice), +0.357, +0.373, +0.377,
+    # +0.382, +0.406 over model seeds 0-4.
+    assert after - before >= 0.2, (before, after)
 
 
 def test_finetune_frozen_encoder_with_cached_embeddings(shapes_dir, trained_full_model):
@@ -109,11 +114,12 @@ def test_finetune_frozen_encoder_with_cached_embeddings(shapes_dir, trained_full
     for old, new in zip(encoder_before, model.vision_encoder.weights):
         np.testing.assert_array_equal(old, new.numpy())
     assert np.mean(losses[-3:]) < 0.6 * losses[0]
-    # Measured +0.19, +0.28, +0.29, +0.29, +0.35 from the encoders of the full runs above.
-    assert after - before >= 0.12, (before, after)
+    # Issue 5's +0.2. Measured +0.341, +0.365, +0.372 here; from the other seeds' encoders
+    # +0.260 (the weakest, the +0.306 run's), +0.347, +0.389.
+    assert after - before >= 0.2, (before, after)
 
 
-CLI_EPOCHS = 40  # the smaller run
+CLI_EPOCHS = 13  # the smaller run: 416 steps
 
 
 def _run_cli(argv):
@@ -131,16 +137,18 @@ def test_cli_finetune_frozen_encoder(shapes_dir, trained_full_model, tmp_path, c
         "finetune", "--images", images, "--masks", masks, "--checkpoint", str(source), "--output", str(out),
         "--epochs", str(CLI_EPOCHS), "--batch-size", "4", "--freeze-encoder", "--learning-rate", str(LEARNING_RATE),
         "--warmup-steps", "20",
-        "--focal-weight", "0", "--prompts", "points", "--num-negatives", "1", "--verbose", "2",
+        "--focal-weight", "1", "--focal-alpha", "-1", "--focal-gamma", "0",
+        "--prompts", "points", "--num-negatives", "1", "--verbose", "2",
     ])
     printed = capsys.readouterr().out
     assert "mean IoU before:" in printed and "mean IoU after:" in printed
     record = json.loads((out / "finetune.json").read_text())
     before, after = record["mean_iou_before"], record["mean_iou_after"]
     print(f"CLI: held-out mean IoU {before:.4f} -> {after:.4f}")
+    assert record["loss"]["focal_alpha"] == -1 and record["loss"]["focal_gamma"] == 0, record["loss"]
     losses = record["history"]["loss"]
     assert np.mean(losses[-3:]) < 0.7 * losses[0], losses
-    assert after - before >= 0.1, (before, after)  # measured +0.24, +0.245
+    assert after - before >= 0.2, (before, after)  # issue 5's +0.2; measured +0.328, +0.347, +0.360
     assert len(os.listdir(out / "checkpoints")) == CLI_EPOCHS
     reloaded = tf_sam.SamModel.from_pretrained(out)
     assert reloaded.count_params() == fresh_model(seed=1, config=CONFIG).count_params()
