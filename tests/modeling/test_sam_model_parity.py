@@ -178,3 +178,14 @@ def test_folded_cross_attention_matches(loaded, monkeypatch):
     assert {"_attend_few_keys", "_attend_few_queries"} <= set(calls)
     assert max_rel_err(got.pred_masks, to_numpy(ref.pred_masks)) <= TOL
     assert max_rel_err(got.iou_scores, to_numpy(ref.iou_scores)) <= TOL
+
+
+def test_image_wide_positional_encoding_matches(loaded):
+    # HF's random init scales this encoding's Gaussian by hidden_size / 2 (16 here), so its
+    # angles reach ~300 radians, where one float32 ulp of the angle is 3e-5: measured 1.5e-5.
+    hf, ours = loaded["padded-windows"]
+    with torch.no_grad():
+        ref = to_numpy(hf.get_image_wide_positional_embeddings())[0].transpose(1, 2, 0)  # (h, w, C)
+    got = np.asarray(ours.get_image_wide_positional_embeddings())
+    assert got.shape == ref.shape
+    np.testing.assert_allclose(got, ref, atol=5e-5)

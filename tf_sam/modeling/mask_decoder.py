@@ -15,7 +15,7 @@ class SamMaskDecoder(layers.Layer):
         image_embeddings: `(B, h, w, C)`.
         image_pe: `(h, w, C)` dense positional encoding of the grid.
         sparse_embeddings: `(B, P, T, C)` or None (no point/box prompt).
-        dense_embeddings: `(B or 1, h, w, C)`.
+        dense_embeddings: `(B or 1, h, w, C)`, or `(1, 1, 1, C)` (one embedding everywhere).
         multimask_output: return the 3 multimask outputs instead of the single one;
             "all" returns every token's mask (single-mask token first).
         attention_similarity, target_embedding: optional PerSAM inputs.

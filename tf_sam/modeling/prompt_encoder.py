@@ -166,10 +166,14 @@ class SamPromptEncoder(layers.Layer):
         corner_embed = ops.concatenate([self.point_embed[2], self.point_embed[3]], axis=0)
         return embedding + ops.cast(corner_embed, embedding.dtype)
 
-    def call(self, input_points=None, input_labels=None, input_boxes=None, input_masks=None, batch_size=1):
+    def call(self, input_points=None, input_labels=None, input_boxes=None, input_masks=None, batch_size=1,
+             broadcast_dense=True):
         """Returns `(sparse (B, P, T, C) or None, dense (B, h, w, C))`.
 
-        `input_masks` is `(B, 4h, 4w)` (or with a trailing channel of 1).
+        `input_masks` is `(B, 4h, 4w)` (or with a trailing channel of 1). With
+        `broadcast_dense=False` and no masks, dense is the no-mask embedding as `(1, 1, 1, C)`:
+        adding it to the image embeddings broadcasts the same, without writing out the
+        `(B, h, w, C)` copy (0.3 ms of a ViT-B decode).
         """
         sparse = None
         if input_points is not None:
@@ -185,10 +189,9 @@ class SamPromptEncoder(layers.Layer):
                 input_masks = ops.expand_dims(input_masks, -1)
             dense = self.mask_embed(ops.cast(input_masks, self.compute_dtype))
         else:
-            dense = ops.broadcast_to(
-                ops.reshape(ops.cast(self.no_mask_embed, self.compute_dtype), (1, 1, 1, -1)),
-                (batch_size, size, size, self.config.hidden_size),
-            )
+            dense = ops.reshape(ops.cast(self.no_mask_embed, self.compute_dtype), (1, 1, 1, -1))
+            if broadcast_dense:
+                dense = ops.broadcast_to(dense, (batch_size, size, size, self.config.hidden_size))
         return sparse, dense
 
     def get_config(self):

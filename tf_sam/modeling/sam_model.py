@@ -275,7 +275,7 @@ class SamModel(SamTrainingMixin, keras.Model):
                 input_masks=masks,
             )
 
-        sparse, dense = self.prompt_encoder(points, labels, boxes, masks)
+        sparse, dense = self.prompt_encoder(points, labels, boxes, masks, broadcast_dense=False)
         masks_out, iou, updates = self.mask_decoder(
             image_embeddings, self.get_image_wide_positional_embeddings(), sparse, dense,
             multimask_output=multimask_output, attention_similarity=attention_similarity,

@@ -73,26 +73,30 @@ class SamAttention(layers.Layer):
 
     def _attend_few_keys(self, query, key, value):
         """Image -> tokens: `(X W_q + b_q) K^T = X (W_q K^T) + b_q K^T` per head, and
-        `softmax(.) V W_o = softmax(.) (V W_o)`: both big matmuls are `Nq x C x heads*Nk`."""
+        `softmax(.) V W_o = softmax(.) (V W_o)`: both big matmuls are `Nq x C x heads*Nk`.
+
+        Scores are laid out `(heads*Nk, Nq)`: the softmax then runs over a short middle
+        axis with every step vectorised along the image, where TF's softmax over 7-long
+        rows cost 0.75 ms per block (ViT-B, one prompt)."""
         heads, head_dim, width = self.num_attention_heads, self.head_dim, self.hidden_size
-        k = self._split_heads(self.k_proj(key))  # (B, Pk, heads, Nk, d)
+        k = self._split_heads(self.k_proj(key)) * self.scale  # (B, Pk, heads, Nk, d)
         v = self._split_heads(self.v_proj(value))
         shape = ops.shape(k)
         batch, pk, nk = shape[0], shape[1], shape[3]
         wq, bq = self._kernel(self.q_proj, query.dtype)
-        wq = ops.transpose(ops.reshape(wq, (width, heads, head_dim)), (1, 0, 2))  # (heads, C, d)
-        k_t = ops.transpose(k, (0, 1, 2, 4, 3)) * self.scale  # (B, Pk, heads, d, Nk)
-        fold = ops.matmul(wq[None, None], k_t)  # (B, Pk, heads, C, Nk)
-        fold = ops.reshape(ops.transpose(fold, (0, 1, 3, 2, 4)), (batch, pk, width, heads * nk))
-        shift = ops.matmul(ops.reshape(bq, (1, 1, heads, 1, head_dim)), k_t)  # (B, Pk, heads, 1, Nk)
-        scores = ops.matmul(query, fold) + ops.reshape(shift, (batch, pk, 1, heads * nk))  # (B, P, Nq, heads*Nk)
+        wq = ops.transpose(ops.reshape(wq, (width, heads, head_dim)), (1, 2, 0))  # (heads, d, C)
+        fold = ops.reshape(ops.matmul(k, wq[None, None]), (batch, pk, heads * nk, width))
+        shift = ops.matmul(k, ops.reshape(bq, (1, 1, heads, head_dim, 1)))  # (B, Pk, heads, Nk, 1)
+        scores = ops.matmul(fold, ops.transpose(query, (0, 1, 3, 2)))  # (B, P, heads*Nk, Nq)
         s_shape = ops.shape(scores)
-        flat = ops.reshape(ops.cast(scores, "float32"), (-1, s_shape[2], heads, nk))
-        probs = ops.cast(ops.reshape(ops.softmax(flat, axis=-1), s_shape), value.dtype)
+        scores = ops.reshape(ops.cast(scores, "float32"), (-1, heads, nk, s_shape[3]))
+        scores = scores + ops.cast(ops.reshape(shift, (-1, heads, nk, 1)), "float32")
+        exp = ops.exp(scores - ops.max(scores, axis=-2, keepdims=True))
+        probs = ops.cast(ops.reshape(exp / ops.sum(exp, axis=-2, keepdims=True), s_shape), value.dtype)
         wo, bo = self._kernel(self.out_proj, value.dtype)
         wo = ops.reshape(wo, (1, 1, heads, head_dim, width))
         values_out = ops.reshape(ops.matmul(v, wo), (batch, pk, heads * nk, width))  # (B, Pk, heads*Nk, C)
-        return ops.matmul(probs, values_out) + bo
+        return ops.matmul(ops.transpose(probs, (0, 1, 3, 2)), values_out) + bo
 
     def _attend_few_queries(self, query, key, value):
         """Tokens -> image: `q (X W_k + b_k)^T = (q W_k^T) X^T + const` (the constant per
@@ -106,9 +110,8 @@ class SamAttention(layers.Layer):
         wk_t = ops.reshape(ops.transpose(ops.reshape(wk, (width, heads, head_dim)), (1, 2, 0)),
                            (1, 1, heads, head_dim, width))
         fold = ops.reshape(ops.matmul(q, wk_t), (batch, pq, heads * nq, width))  # (B, Pq, heads*Nq, C)
-        scores_t = ops.matmul(key, ops.transpose(fold, (0, 1, 3, 2)))  # (B, P, Nk, heads*Nq)
-        probs = ops.softmax(ops.cast(scores_t, "float32"), axis=-2)
-        probs = ops.cast(ops.transpose(probs, (0, 1, 3, 2)), value.dtype)  # (B, P, heads*Nq, Nk)
+        scores = ops.matmul(fold, ops.transpose(key, (0, 1, 3, 2)))  # (B, P, heads*Nq, Nk)
+        probs = ops.cast(ops.softmax(ops.cast(scores, "float32"), axis=-1), value.dtype)
         mixed = ops.matmul(probs, value)  # (B, P, heads*Nq, C)
         m_shape = ops.shape(mixed)
         mixed = ops.reshape(mixed, (m_shape[0], m_shape[1], heads, nq, width))
