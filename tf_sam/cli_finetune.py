@@ -70,7 +70,7 @@ def _learning_rate(args, train):
     """`--learning-rate` over the run: `--warmup-steps` of ramp, then `--schedule`."""
     from tf_sam.training import warmup_schedule
 
-    steps = args.epochs * int(train.cardinality().numpy() if train.cardinality() > 0 else 1)
+    steps = args.epochs * max(int(train.cardinality()), 1)  # unknown or infinite (< 0): one step per epoch
     return warmup_schedule(args.learning_rate, steps, args.warmup_steps, decay=args.schedule)
 
 
@@ -141,10 +141,10 @@ def cmd_finetune(args):
         print(f"mean IoU before: {iou_before:.4f}")
 
         learning_rate = _learning_rate(args, train)
+        loss = dict(focal_weight=args.focal_weight, focal_alpha=args.focal_alpha, focal_gamma=args.focal_gamma)
         model.compile(
             optimizer=keras.optimizers.AdamW(learning_rate, weight_decay=args.weight_decay),
-            multimask_output=multimask, focal_weight=args.focal_weight, focal_alpha=args.focal_alpha,
-            focal_gamma=args.focal_gamma, jit_compile=False,
+            multimask_output=multimask, jit_compile=False, **loss,
         )
         os.makedirs(args.output, exist_ok=True)
         callbacks = [
@@ -165,7 +165,7 @@ def cmd_finetune(args):
         record = {
             "checkpoint": args.checkpoint, "train_images": n_train, "validation_images": n_val,
             "epochs": args.epochs, "mean_iou_before": iou_before, "mean_iou_after": iou_after,
-            "loss": dict(model._sam_loss_options),  # as compiled: how this model was trained
+            "loss": loss,  # as passed to compile: how this model was trained
             "history": {k: [float(v) for v in vals] for k, vals in history.history.items()},
             "seconds": round(time.perf_counter() - start, 1),
         }
