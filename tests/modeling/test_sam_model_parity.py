@@ -159,11 +159,12 @@ def test_hidden_states_and_attentions(loaded):
 
 def test_folded_cross_attention_matches(loaded, monkeypatch):
     # One prompt with few tokens: the decoder's cross attentions fold the image-side
-    # projections into the token side (SamAttention._plan); check they ran and agree.
+    # projections into the token side (SamAttention._plan) and its self-attention scores
+    # head-masked rows; check they ran and agree.
     from tf_sam.modeling.transformer import SamAttention
 
     calls = []
-    for name in ("_attend_few_keys", "_attend_few_queries"):
+    for name in ("_attend_few_keys", "_attend_few_queries", "_attend_short_keys"):
         original = getattr(SamAttention, name)
         monkeypatch.setattr(SamAttention, name,
                             lambda self, *a, _o=original, _n=name: calls.append(_n) or _o(self, *a))
@@ -175,7 +176,7 @@ def test_folded_cross_attention_matches(loaded, monkeypatch):
     labels = np.array([[[1, 0]]])
     ref = _run_hf(hf, pixel_values=pixels, input_points=points, input_labels=labels)
     got = ours(pixel_values=pixels.transpose(0, 2, 3, 1), input_points=points, input_labels=labels)
-    assert {"_attend_few_keys", "_attend_few_queries"} <= set(calls)
+    assert {"_attend_few_keys", "_attend_few_queries", "_attend_short_keys"} <= set(calls)
     assert max_rel_err(got.pred_masks, to_numpy(ref.pred_masks)) <= TOL
     assert max_rel_err(got.iou_scores, to_numpy(ref.iou_scores)) <= TOL
 

@@ -7,6 +7,35 @@ from tf_sam.modeling.common import SamFeedForward, SamLayerNorm, gelu
 from tf_sam.modeling.transformer import SamTwoWayTransformer
 
 
+def _sub_pixel_matmul(x, conv):
+    """A kernel-2, stride-2 `Conv2DTranspose` as one matmul over flattened cells.
+
+    `x (N, C_in)` -> `(N, 4 * C_out)`: each cell's 2x2 output patch, row-major `(dy, dx)`,
+    channels last. The patches do not overlap, so this is the same sum as the transposed
+    conv without its scatter into the bigger map; the bias (and a GELU after it) then fuse
+    into the matmul on oneDNN CPUs, and the runtime sees a plain fully-connected layer.
+    """
+    kernel = ops.cast(conv.kernel, x.dtype)  # (2, 2, C_out, C_in)
+    kh, kw, out, cin = kernel.shape
+    # Transposed in the matmul, not as an op of its own: oneDNN's transpose has a fixed
+    # cost of ~30-50 us, whatever the size.
+    weights_t = ops.reshape(kernel, (kh * kw * out, cin))
+    # `ops.add`, not `+`: grappler fuses a GELU after it into the matmul only in this form.
+    return ops.add(ops.matmul(x, ops.transpose(weights_t)), ops.tile(ops.cast(conv.bias, x.dtype), (kh * kw,)))
+
+
+def _raster_order(masks, height, width):
+    """`(B, P, M, h*w*16)` in sub-pixel order `(y, x, dy1, dx1, dy2, dx2)` ->
+    `(B, P, M, 4h, 4w)` with row `4y + 2dy1 + dy2`, column `4x + 2dx1 + dx2`.
+
+    Two transposes of rank <= 5, which TFLite's TRANSPOSE accepts.
+    """
+    shape = ops.shape(masks)
+    m = ops.transpose(ops.reshape(masks, (-1, width, 2, 2, 4)), (0, 2, 1, 3, 4))  # (.., dy1, x, dx1, dy2*dx2)
+    m = ops.transpose(ops.reshape(m, (-1, 2 * width, 2, 2)), (0, 2, 1, 3))  # (.., dy2, (x, dx1), dx2)
+    return ops.reshape(m, (shape[0], shape[1], shape[2], 4 * height, 4 * width))
+
+
 @keras.saving.register_keras_serializable(package="tf_sam")
 class SamMaskDecoder(layers.Layer):
     """Predicts masks and IoU scores from image and prompt embeddings.
@@ -88,25 +117,23 @@ class SamMaskDecoder(layers.Layer):
 
         # With no two-way blocks the image never became per-prompt; give each prompt a view.
         keys = ops.broadcast_to(keys, (batch, prompts, height * width, c.hidden_size))
-        grid = ops.reshape(keys, (-1, height, width, c.hidden_size))
-        up = gelu(self.upscale_layer_norm(self.upscale_conv1(grid)))
-        up = gelu(self.upscale_conv2(up))  # (B*P, 4h, 4w, C/8)
-        up_h, up_w = 4 * height, 4 * width
-        up = ops.reshape(up, (batch, prompts, up_h * up_w, c.hidden_size // 8))
+        # Both transposed convs run as matmuls on flattened cells and the 4x4 sub-pixels stay
+        # in the row order (y, x, dy1, dx1, dy2, dx2) until the masks, 8x smaller than the
+        # upscaled features, are put in raster order.
+        up = _sub_pixel_matmul(ops.reshape(keys, (-1, c.hidden_size)), self.upscale_conv1)
+        up = gelu(self.upscale_layer_norm(ops.reshape(up, (-1, c.hidden_size // 4))))
+        up = gelu(_sub_pixel_matmul(up, self.upscale_conv2), after_matmul=True)
+        up = ops.reshape(up, (batch, prompts, height * width * 16, c.hidden_size // 8))
 
+        iou_pred = self.iou_prediction_head(iou_token_out)
+        keep = slice(None)  # "all": every mask token, single-mask token first
+        if not (isinstance(multimask_output, str) and multimask_output == "all"):
+            keep = slice(1, None) if multimask_output else slice(0, 1)
         hyper_in = ops.stack(
             [mlp(mask_tokens_out[:, :, i, :]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], axis=2
-        )  # (B, P, M, C/8)
-        masks = ops.matmul(hyper_in, ops.transpose(up, (0, 1, 3, 2)))
-        masks = ops.reshape(masks, (batch, prompts, self.num_mask_tokens, up_h, up_w))
-        iou_pred = self.iou_prediction_head(iou_token_out)
-
-        if isinstance(multimask_output, str) and multimask_output == "all":
-            pass  # every mask token, single-mask token first (exports choose without branching)
-        elif multimask_output:
-            masks, iou_pred = masks[:, :, 1:], iou_pred[:, :, 1:]
-        else:
-            masks, iou_pred = masks[:, :, :1], iou_pred[:, :, :1]
+        )[:, :, keep]  # (B, P, M, C/8)
+        iou_pred = iou_pred[:, :, keep]
+        masks = _raster_order(ops.matmul(hyper_in, ops.transpose(up, (0, 1, 3, 2))), height, width)
         # HF reports each block's image update as (B*P, 1, HW, C).
         updates = tuple(ops.reshape(u, (-1, 1, height * width, c.hidden_size)) for u in updates)
         return masks, iou_pred, updates

@@ -1,6 +1,7 @@
 """SAM's two-way transformer: prompt tokens and image tokens attend to each other."""
 
 import keras
+import numpy as np
 from keras import layers, ops
 
 from tf_sam.modeling.common import SamLayerNorm, SamMLPBlock
@@ -71,6 +72,23 @@ class SamAttention(layers.Layer):
     def _kernel(self, dense, dtype):
         return ops.cast(dense.kernel, dtype), ops.cast(dense.bias, dtype)
 
+    def _head_rows(self, x):
+        """`(B, P, N, heads*d)` -> `(B, P, heads*N, heads*d)`: row `(h, n)` is `x[n]` with
+        every channel outside head `h` zeroed.
+
+        One matmul with these rows does every head's product at once, laid out
+        `(heads*N, ...)`, with no head split: each transpose that splitting needs costs
+        oneDNN ~50 us even on 7 tokens, ~0.2 ms per attention.
+        """
+        rows = ops.expand_dims(x, 2) * self._head_mask(x.dtype)  # (B, P, heads, N, heads*d)
+        shape = ops.shape(x)
+        return ops.reshape(rows, (shape[0], shape[1], self.num_attention_heads * shape[2], self.internal_dim))
+
+    def _head_mask(self, dtype):
+        """`(heads, 1, heads*d)`: 1 where the channel belongs to that row's head."""
+        mask = np.repeat(np.eye(self.num_attention_heads, dtype="float32"), self.head_dim, axis=1)
+        return ops.convert_to_tensor(mask[:, None, :], dtype)
+
     def _attend_few_keys(self, query, key, value):
         """Image -> tokens: `(X W_q + b_q) K^T = X (W_q K^T) + b_q K^T` per head, and
         `softmax(.) V W_o = softmax(.) (V W_o)`: both big matmuls are `Nq x C x heads*Nk`.
@@ -78,56 +96,65 @@ class SamAttention(layers.Layer):
         Scores are laid out `(heads*Nk, Nq)`: the softmax then runs over a short middle
         axis with every step vectorised along the image, where TF's softmax over 7-long
         rows cost 0.75 ms per block (ViT-B, one prompt)."""
-        heads, head_dim, width = self.num_attention_heads, self.head_dim, self.hidden_size
-        k = self._split_heads(self.k_proj(key)) * self.scale  # (B, Pk, heads, Nk, d)
-        v = self._split_heads(self.v_proj(value))
-        shape = ops.shape(k)
-        batch, pk, nk = shape[0], shape[1], shape[3]
+        heads = self.num_attention_heads
+        k = self._head_rows(self.k_proj(key) * self.scale)  # (B, Pk, heads*Nk, inner)
+        v = self._head_rows(self.v_proj(value))
+        nk = ops.shape(key)[2]
         wq, bq = self._kernel(self.q_proj, query.dtype)
-        wq = ops.transpose(ops.reshape(wq, (width, heads, head_dim)), (1, 2, 0))  # (heads, d, C)
-        fold = ops.reshape(ops.matmul(k, wq[None, None]), (batch, pk, heads * nk, width))
-        shift = ops.matmul(k, ops.reshape(bq, (1, 1, heads, head_dim, 1)))  # (B, Pk, heads, Nk, 1)
-        scores = ops.matmul(fold, ops.transpose(query, (0, 1, 3, 2)))  # (B, P, heads*Nk, Nq)
+        fold = ops.matmul(k, ops.transpose(wq))  # (B, Pk, heads*Nk, C)
+        shift = ops.matmul(k, ops.expand_dims(bq, 1))  # (B, Pk, heads*Nk, 1)
+        scores = ops.matmul(fold, ops.transpose(query, (0, 1, 3, 2))) + shift  # (B, P, heads*Nk, Nq)
         s_shape = ops.shape(scores)
         scores = ops.reshape(ops.cast(scores, "float32"), (-1, heads, nk, s_shape[3]))
-        scores = scores + ops.cast(ops.reshape(shift, (-1, heads, nk, 1)), "float32")
         exp = ops.exp(scores - ops.max(scores, axis=-2, keepdims=True))
         probs = ops.cast(ops.reshape(exp / ops.sum(exp, axis=-2, keepdims=True), s_shape), value.dtype)
         wo, bo = self._kernel(self.out_proj, value.dtype)
-        wo = ops.reshape(wo, (1, 1, heads, head_dim, width))
-        values_out = ops.reshape(ops.matmul(v, wo), (batch, pk, heads * nk, width))  # (B, Pk, heads*Nk, C)
-        return ops.matmul(ops.transpose(probs, (0, 1, 3, 2)), values_out) + bo
+        # Each head's probabilities sum to 1 at every image token, so b_o / heads on every
+        # row adds b_o once: no bias pass over the image-sized output.
+        values_out = ops.matmul(v, wo) + bo / heads  # (B, Pk, heads*Nk, C)
+        return ops.matmul(ops.transpose(probs, (0, 1, 3, 2)), values_out)
 
     def _attend_few_queries(self, query, key, value):
         """Tokens -> image: `q (X W_k + b_k)^T = (q W_k^T) X^T + const` (the constant per
         query row cancels in the softmax) and `P (X W_v + b_v) = (P X) W_v + b_v` (rows of P
         sum to 1): both big matmuls are `heads*Nq x Nk x C`."""
-        heads, head_dim, width = self.num_attention_heads, self.head_dim, self.hidden_size
-        q = self._split_heads(self.q_proj(query)) * self.scale  # (B, Pq, heads, Nq, d)
-        shape = ops.shape(q)
-        batch, pq, nq = shape[0], shape[1], shape[3]
+        heads = self.num_attention_heads
+        q = self._head_rows(self.q_proj(query) * self.scale)  # (B, Pq, heads*Nq, inner)
         wk, _ = self._kernel(self.k_proj, key.dtype)
-        wk_t = ops.reshape(ops.transpose(ops.reshape(wk, (width, heads, head_dim)), (1, 2, 0)),
-                           (1, 1, heads, head_dim, width))
-        fold = ops.reshape(ops.matmul(q, wk_t), (batch, pq, heads * nq, width))  # (B, Pq, heads*Nq, C)
+        fold = ops.matmul(q, ops.transpose(wk))  # (B, Pq, heads*Nq, C)
         scores = ops.matmul(fold, ops.transpose(key, (0, 1, 3, 2)))  # (B, P, heads*Nq, Nk)
         probs = ops.cast(ops.softmax(ops.cast(scores, "float32"), axis=-1), value.dtype)
-        mixed = ops.matmul(probs, value)  # (B, P, heads*Nq, C)
-        m_shape = ops.shape(mixed)
-        mixed = ops.reshape(mixed, (m_shape[0], m_shape[1], heads, nq, width))
         wv, bv = self._kernel(self.v_proj, value.dtype)
-        wv = ops.transpose(ops.reshape(wv, (width, heads, head_dim)), (1, 0, 2))  # (heads, C, d)
-        out = ops.matmul(mixed, wv[None, None]) + ops.reshape(bv, (1, 1, heads, 1, head_dim))  # (B, P, heads, Nq, d)
-        out = ops.transpose(out, (0, 1, 3, 2, 4))
-        o_shape = ops.shape(out)
-        return self.out_proj(ops.reshape(out, (o_shape[0], o_shape[1], o_shape[2], self.internal_dim)))
+        mixed = ops.matmul(ops.matmul(probs, value), wv)  # (B, P, heads*Nq, inner): every head's W_v
+        shape = ops.shape(mixed)
+        mixed = ops.reshape(mixed, (shape[0], shape[1], heads, shape[2] // heads, self.internal_dim))
+        out = ops.sum(mixed * self._head_mask(mixed.dtype), axis=2) + bv  # row (h, n) keeps head h's channels
+        return self.out_proj(out)
+
+    def _attend_short_keys(self, query, key, value):
+        """Plain attention for few keys (the tokens' self-attention): scores `(Nq, heads*Nk)`
+        against head-masked key rows, and the probabilities times head-masked value rows
+        land directly in the concatenated-heads layout."""
+        heads = self.num_attention_heads
+        q = self.q_proj(query) * self.scale
+        k = self._head_rows(self.k_proj(key))
+        v = self._head_rows(self.v_proj(value))
+        scores = ops.matmul(q, ops.transpose(k, (0, 1, 3, 2)))  # (B, P, Nq, heads*Nk)
+        shape = ops.shape(scores)
+        flat = ops.reshape(ops.cast(scores, "float32"), (-1, shape[2], heads, shape[3] // heads))
+        probs = ops.cast(ops.reshape(ops.softmax(flat, axis=-1), shape), v.dtype)
+        return self.out_proj(ops.matmul(probs, v))
 
     def call(self, query, key, value, attention_bias=None):
-        plan = None if attention_bias is not None else self._plan(query, key)
-        if plan == "few_keys":
-            return self._attend_few_keys(query, key, value)
-        if plan == "few_queries":
-            return self._attend_few_queries(query, key, value)
+        if attention_bias is None:
+            plan = self._plan(query, key)
+            if plan == "few_keys":
+                return self._attend_few_keys(query, key, value)
+            if plan == "few_queries":
+                return self._attend_few_queries(query, key, value)
+            # Head-masked rows multiply the score and mixing work by `heads`: only for few keys.
+            if key.shape[2] is not None and key.shape[2] * self.num_attention_heads <= 512:
+                return self._attend_short_keys(query, key, value)
         q = self._split_heads(self.q_proj(query))
         k = self._split_heads(self.k_proj(key))
         v = self._split_heads(self.v_proj(value))
