@@ -93,14 +93,15 @@ class SamLayerNorm(layers.LayerNormalization):
         return ops.cast(out, self.compute_dtype)
 
 
-def get_activation(name):
+def get_activation(name, after_matmul=False):
     """Returns the activation callable for an HF `hidden_act` name.
 
     HF's "gelu" is the exact erf form; "gelu_tanh" is offered for runtimes without erf
-    (e.g. some TFLite delegates) at a small numerical cost.
+    (e.g. some TFLite delegates) at a small numerical cost. `after_matmul`: the input
+    will be a 2-D matmul plus bias (see `gelu`).
     """
     if name == "gelu":
-        return gelu
+        return functools.partial(gelu, after_matmul=after_matmul)
     if name in ("gelu_tanh", "gelu_pytorch_tanh", "gelu_new"):
         return lambda x: ops.gelu(x, approximate=True)
     if name == "relu":
@@ -117,7 +118,8 @@ class SamMLPBlock(layers.Layer):
         mlp_dim: inner width.
         activation: HF activation name.
 
-    Shapes: `(..., C)` -> `(..., C)`.
+    Shapes: `(..., C)` -> `(..., C)`. The dense layers run on the rows flattened to 2-D,
+    where TF fuses each bias (and the activation) into its matmul.
     """
 
     def __init__(self, hidden_size, mlp_dim, activation="gelu", **kwargs):
@@ -125,7 +127,7 @@ class SamMLPBlock(layers.Layer):
         self.hidden_size = hidden_size
         self.mlp_dim = mlp_dim
         self.activation = activation
-        self._act = get_activation(activation)
+        self._act = get_activation(activation, after_matmul=True)
         self.lin1 = layers.Dense(mlp_dim, name="lin1")
         self.lin2 = layers.Dense(hidden_size, name="lin2")
 
@@ -134,7 +136,9 @@ class SamMLPBlock(layers.Layer):
         self.lin2.build(tuple(input_shape[:-1]) + (self.mlp_dim,))
 
     def call(self, x):
-        return self.lin2(self._act(self.lin1(x)))
+        shape = ops.shape(x)
+        rows = ops.reshape(x, (-1, self.hidden_size))
+        return ops.reshape(self.lin2(self._act(self.lin1(rows))), shape)
 
     def get_config(self):
         config = super().get_config()

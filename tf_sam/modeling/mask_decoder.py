@@ -115,8 +115,8 @@ class SamMaskDecoder(layers.Layer):
         iou_token_out = queries[:, :, 0, :]
         mask_tokens_out = queries[:, :, 1 : 1 + self.num_mask_tokens, :]
 
-        # With no two-way blocks the image never became per-prompt; give each prompt a view.
-        keys = ops.broadcast_to(keys, (batch, prompts, height * width, c.hidden_size))
+        if not self.transformer.blocks:  # the image never became per-prompt; give each prompt a copy
+            keys = ops.broadcast_to(keys, (batch, prompts, height * width, c.hidden_size))
         # Both transposed convs run as matmuls on flattened cells and the 4x4 sub-pixels stay
         # in the row order (y, x, dy1, dx1, dy2, dx2) until the masks, 8x smaller than the
         # upscaled features, are put in raster order.

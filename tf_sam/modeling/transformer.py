@@ -230,12 +230,13 @@ class SamTwoWayAttentionBlock(layers.Layer):
             queries = queries + self.self_attn(q, q, queries)
         queries = self.layer_norm1(queries)
 
-        q, k = queries + query_pe, keys + key_pe
-        queries = self.layer_norm2(queries + self.cross_attn_token_to_image(q, k, keys, attention_bias))
+        # The image is unchanged until the block's end: one positional add serves both attentions.
+        k = keys + key_pe
+        attended = self.cross_attn_token_to_image(queries + query_pe, k, keys, attention_bias)
+        queries = self.layer_norm2(queries + attended)
         queries = self.layer_norm3(queries + self.mlp(queries))
 
-        q, k = queries + query_pe, keys + key_pe
-        image_update = self.cross_attn_image_to_token(k, q, queries)
+        image_update = self.cross_attn_image_to_token(k, queries + query_pe, queries)
         keys = self.layer_norm4(keys + image_update)
         return queries, keys, image_update
 
