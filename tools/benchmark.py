@@ -15,6 +15,7 @@ Usage (from the repository root):
     python tools/benchmark.py --config sam-vit-large
     python tools/benchmark.py --config path/to/config.json --threads 4 --repeats 7
     python tools/benchmark.py --only machine,encoder   # a subset of the sections
+    python tools/benchmark.py --device gpu             # both sides on the first CUDA GPU
 
 Progress goes to stderr; the table goes to stdout and ends with one machine-readable line
 `BENCHMARK_JSON {...}`. A typical run keeps the table and drops the progress:
@@ -23,8 +24,10 @@ Progress goes to stderr; the table goes to stdout and ends with one machine-read
 
 Sections (`--only`, comma-separated; default all, with --tiny all but export and amg):
     machine  numpy / TF 4096x4096 fp32 matmul GFLOP/s and the encoder's analytic FLOPs
-    encoder  1 image: ours eager, tf.function, tf.function(jit_compile=True) vs HF eager
-    decoder  one point, and 64 single-point prompts in one call, from cached embeddings
+    encoder  1 image: ours eager, tf.function, tf.function(jit_compile=True) vs HF eager;
+             ours also under Keras mixed precision (bfloat16 on CPU, float16 on GPU)
+    decoder  one point, and 64 single-point prompts in one call, from cached embeddings;
+             the same four variants of ours
     e2e      photo -> mask: processor + encoder + 1 point + post_process_masks
     memory   peak RSS (VmHWM) of encoder + 64-prompt decode, each side in its own process
     export   SavedModel and TFLite fp32 / float16 / dynamic_int8 encoder and decoder
@@ -55,6 +58,8 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)
 PHOTO = os.path.join(REPO_ROOT, "..", "shared", "images", "sam_truck.jpg")
 SECTIONS = ("machine", "encoder", "decoder", "e2e", "memory", "export", "amg")
+# The photo pipeline, memory children, exports and mask generation measure CPU deployment.
+GPU_SECTIONS = ("machine", "encoder", "decoder")
 # Writing a SavedModel and converting TFLite take tens of seconds even for a toy model, so
 # the smoke run leaves them out unless asked for (`--tiny --only export`).
 TINY_SECTIONS = ("machine", "encoder", "decoder", "e2e", "memory")
@@ -66,6 +71,8 @@ TARGETS = {
     "single_prompt": 0.5,
     "prompts_64": 0.3,
     "peak_memory": 1.0,
+    # On a GPU: at least 3x the reference's fp32 throughput, i.e. a third of its time.
+    "gpu_throughput": 1 / 3,
 }
 
 
@@ -105,18 +112,22 @@ def parse_args(argv=None):
     parser.add_argument("--only", default=None,
                         help=f"comma-separated sections to run (default all: {','.join(SECTIONS)}; "
                              f"with --tiny: {','.join(TINY_SECTIONS)})")
+    parser.add_argument("--device", choices=("cpu", "gpu"), default="cpu",
+                        help="gpu: both models on the first CUDA GPU, sections "
+                             f"{','.join(GPU_SECTIONS)} (default cpu)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--_child", choices=("ours", "ref", "amg"), help=argparse.SUPPRESS)
     parser.add_argument("--_points-per-side", type=int, default=16, help=argparse.SUPPRESS)
     parser.add_argument("--_keep-all", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--_weights", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    allowed = GPU_SECTIONS if args.device == "gpu" else SECTIONS
     if args.only is None:
-        args.only = ",".join(TINY_SECTIONS if args.tiny else SECTIONS)
+        args.only = ",".join(GPU_SECTIONS if args.device == "gpu" else TINY_SECTIONS if args.tiny else SECTIONS)
     args.sections = [s.strip() for s in args.only.split(",") if s.strip()]
-    unknown = sorted(set(args.sections) - set(SECTIONS))
+    unknown = sorted(set(args.sections) - set(allowed))
     if unknown:
-        parser.error(f"unknown section(s) {unknown}; choose from {', '.join(SECTIONS)}")
+        parser.error(f"section(s) {unknown} not available with --device {args.device}; choose from {', '.join(allowed)}")
     # --tiny is a smoke run: fewer, shorter samples keep it well under a minute.
     if args.repeats is None:
         args.repeats = 3 if args.tiny else 5
@@ -137,14 +148,57 @@ def limit_blas_threads(threads):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
-def import_tensorflow(threads, inter_op_threads):
+def import_tensorflow(threads, inter_op_threads, device="cpu"):
     """Imports TensorFlow and fixes its thread pools; this must precede every TF op, since
     the pools are created by the first op and cannot be resized afterwards."""
     import tensorflow as tf
 
     tf.config.threading.set_intra_op_parallelism_threads(threads)
     tf.config.threading.set_inter_op_parallelism_threads(inter_op_threads)
+    if device == "gpu":
+        gpus = tf.config.list_physical_devices("GPU")
+        if not gpus:
+            raise SystemExit("--device gpu: TensorFlow sees no GPU (tf.config.list_physical_devices('GPU') is empty).")
+        for gpu in gpus:
+            # torch shares the card: take memory as it is needed, not all of it up front.
+            tf.config.experimental.set_memory_growth(gpu, True)
     return tf
+
+
+def device_sync(device, tf, torch):
+    """Returns a wrapper for timed callables: on a GPU the wrapped call returns only when
+    both frameworks' queued kernels have finished; on CPU it is the callable itself."""
+    if device != "gpu":
+        return lambda fn: fn
+
+    def wrap(fn):
+        def run():
+            out = fn()
+            tf.test.experimental.sync_devices()
+            torch.cuda.synchronize()
+            return out
+
+        return run
+
+    return wrap
+
+
+def mixed_policy(device):
+    """Keras mixed-precision policy for the device: float16 for GPU tensor cores, bfloat16
+    on CPUs (oneDNN runs it on AVX-512-BF16 / AMX units)."""
+    return "mixed_float16" if device == "gpu" else "mixed_bfloat16"
+
+
+def load_mixed(tf_sam, weights_dir, policy):
+    """Our model from the same weights, built under a Keras mixed-precision policy
+    (float32 variables, `policy`'s compute dtype)."""
+    import keras
+
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        return tf_sam.SamModel.from_pretrained(weights_dir)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
 
 
 def import_torch(threads):
@@ -206,6 +260,8 @@ def environment(args):
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "TF_ENABLE_ONEDNN_OPTS": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "unset"),
+        "device": args.device,
+        "gpu": torch.cuda.get_device_name(0) if args.device == "gpu" else None,
         # Other jobs on the same cores skew both sides; the load average makes that visible.
         "loadavg_1min_at_start": os.getloadavg()[0],
     }
@@ -836,8 +892,12 @@ def main(argv=None):
 
     import numpy as np
 
-    tf = import_tensorflow(args.threads, args.inter_op_threads)
+    tf = import_tensorflow(args.threads, args.inter_op_threads, args.device)
     torch = import_torch(args.threads)
+    if args.device == "gpu" and not torch.cuda.is_available():
+        raise SystemExit("--device gpu: torch sees no CUDA device (torch.cuda.is_available() is False).")
+    dev = torch.device("cuda" if args.device == "gpu" else "cpu")
+    synced = device_sync(args.device, tf, torch)
     import keras  # noqa: F401 - imported for the version report and to fail early
     import tf_sam
 
@@ -867,6 +927,12 @@ def main(argv=None):
     t0 = time.perf_counter()
     model = tf_sam.SamModel.from_pretrained(tmp.name)
     extra["tf_sam_load_s"] = time.perf_counter() - t0
+    hf.to(dev)
+    policy, mixed = mixed_policy(args.device), None
+    if {"encoder", "decoder"} & set(args.sections):
+        log(f"loading the same weights into tf_sam under {policy}")
+        mixed = load_mixed(tf_sam, tmp.name, policy)
+        extra["mixed_precision"] = {"policy": policy}
 
     children = {}
     if "memory" in args.sections and args.tiny:
@@ -878,7 +944,7 @@ def main(argv=None):
     rng = np.random.default_rng(args.seed)
     pixels = rng.standard_normal((1, size, size, 3)).astype(np.float32)
     pixels_tf = tf.constant(pixels)
-    pixels_pt = torch.from_numpy(pixels.transpose(0, 3, 1, 2).copy())
+    pixels_pt = torch.from_numpy(pixels.transpose(0, 3, 1, 2).copy()).to(dev)
 
     def ref_encoder():
         with torch.inference_mode():
@@ -889,17 +955,21 @@ def main(argv=None):
     emb_tf = model.get_image_embeddings(pixels_tf)
     emb_pt = ref_encoder()
     extra["parity_encoder_max_rel_err"] = max_rel_err(
-        emb_tf.numpy(), emb_pt.numpy().transpose(0, 2, 3, 1))
+        emb_tf.numpy(), emb_pt.cpu().numpy().transpose(0, 2, 3, 1))
 
     if "encoder" in args.sections:
         encoder_fn = tf.function(lambda x: model.vision_encoder(x), jit_compile=False)
         encoder_xla = tf.function(lambda x: model.vision_encoder(x), jit_compile=True)
-        res = run_alternating([
+        mixed_fn = tf.function(lambda x: mixed.vision_encoder(x), jit_compile=False)
+        mixed_xla = tf.function(lambda x: mixed.vision_encoder(x), jit_compile=True)
+        res = run_alternating([(name, synced(fn)) for name, fn in (
             ("ours eager", lambda: model.get_image_embeddings(pixels_tf)),
             ("ours tf.function", lambda: encoder_fn(pixels_tf)),
             ("ours XLA", lambda: encoder_xla(pixels_tf)),
+            (f"ours {policy} tf.function", lambda: mixed_fn(pixels_tf)),
+            (f"ours {policy} XLA", lambda: mixed_xla(pixels_tf)),
             ("reference", ref_encoder),
-        ], enc_repeats, args.min_sample_s, "encoder")
+        )], enc_repeats, args.min_sample_s, "encoder")
         ref = _value(res["reference"])
         report.add("encoder_eager", "encoder, 1 image: Keras eager get_image_embeddings",
                    _value(res["ours eager"]), ref, gflop=flops / 1e9)
@@ -907,44 +977,71 @@ def main(argv=None):
                    _value(res["ours tf.function"]), ref, gflop=flops / 1e9)
         report.add("encoder_xla", "encoder, 1 image: tf.function(jit_compile=True) XLA",
                    _value(res["ours XLA"]), ref, gflop=flops / 1e9)
+        report.add("encoder_mixed_tf_function", f"encoder, 1 image: tf.function, {policy} (ref fp32)",
+                   _value(res[f"ours {policy} tf.function"]), ref, gflop=flops / 1e9)
+        report.add("encoder_mixed_xla", f"encoder, 1 image: XLA, {policy} (ref fp32)",
+                   _value(res[f"ours {policy} XLA"]), ref, gflop=flops / 1e9)
+        try:
+            low = tf.cast(mixed_fn(pixels_tf), tf.float32).numpy()
+            extra["mixed_precision"]["encoder_max_abs_err"] = float(np.abs(low - emb_tf.numpy()).max())
+            extra["mixed_precision"]["encoder_max_abs"] = float(np.abs(emb_tf.numpy()).max())
+        except Exception as e:  # noqa: BLE001 - agreement is informative only
+            extra["mixed_precision"]["encoder_max_abs_err"] = f"failed: {short_error(e)}"
 
     if "decoder" in args.sections:
         for key, count in (("single_prompt", 1), ("prompts_64", 64)):
             pts = (rng.random((1, count, 1, 2)) * size).astype(np.float32)
             lbl = np.ones((1, count, 1), np.int32)
             pts_tf, lbl_tf = tf.constant(pts), tf.constant(lbl)
-            pts_pt, lbl_pt = torch.from_numpy(pts), torch.from_numpy(lbl.astype(np.int64))
+            pts_pt, lbl_pt = torch.from_numpy(pts).to(dev), torch.from_numpy(lbl.astype(np.int64)).to(dev)
 
             def ours_eager(pts_tf=pts_tf, lbl_tf=lbl_tf):
                 return model(image_embeddings=emb_tf, input_points=pts_tf, input_labels=lbl_tf,
                              multimask_output=True)
 
-            def decode(emb, p, lab):
-                out = model(image_embeddings=emb, input_points=p, input_labels=lab, multimask_output=True)
+            def decode(emb, p, lab, sam=model):
+                out = sam(image_embeddings=emb, input_points=p, input_labels=lab, multimask_output=True)
                 return out["iou_scores"], out["pred_masks"]
+
+            def decode_mixed(emb, p, lab):
+                return decode(emb, p, lab, sam=mixed)
 
             dec_fn = tf.function(decode, jit_compile=False)
             dec_xla = tf.function(decode, jit_compile=True)
+            mixed_fn = tf.function(decode_mixed, jit_compile=False)
+            mixed_xla = tf.function(decode_mixed, jit_compile=True)
 
             def ref_decode(pts_pt=pts_pt, lbl_pt=lbl_pt):
                 with torch.inference_mode():
                     return hf(image_embeddings=emb_pt, input_points=pts_pt, input_labels=lbl_pt,
                               multimask_output=True)
 
-            res = run_alternating([
+            res = run_alternating([(name, synced(fn)) for name, fn in (
                 ("ours eager", ours_eager),
                 ("ours tf.function", lambda: dec_fn(emb_tf, pts_tf, lbl_tf)),
                 ("ours XLA", lambda: dec_xla(emb_tf, pts_tf, lbl_tf)),
+                (f"ours {policy} tf.function", lambda: mixed_fn(emb_tf, pts_tf, lbl_tf)),
+                (f"ours {policy} XLA", lambda: mixed_xla(emb_tf, pts_tf, lbl_tf)),
                 ("reference", ref_decode),
-            ], repeats, args.min_sample_s, f"decoder x{count}")
+            )], repeats, args.min_sample_s, f"decoder x{count}")
             if count == 1:
+                fp32_masks = ours_eager().pred_masks.numpy()
                 extra["parity_decoder_masks_max_rel_err"] = max_rel_err(
-                    ours_eager().pred_masks.numpy(), ref_decode().pred_masks.numpy())
+                    fp32_masks, ref_decode().pred_masks.cpu().numpy())
+                try:
+                    low = tf.cast(mixed_fn(emb_tf, pts_tf, lbl_tf)[1], tf.float32).numpy()
+                    extra["mixed_precision"]["mask_sign_agreement"] = float(((low > 0) == (fp32_masks > 0)).mean())
+                except Exception as e:  # noqa: BLE001 - agreement is informative only
+                    extra["mixed_precision"]["mask_sign_agreement"] = f"failed: {short_error(e)}"
             what = "1 point" if count == 1 else "64 prompts x 1 point, one call"
             ref = _value(res["reference"])
             report.add(f"{key}_eager", f"decode {what}: Keras eager", _value(res["ours eager"]), ref)
             report.add(f"{key}_tf_function", f"decode {what}: tf.function", _value(res["ours tf.function"]), ref)
             report.add(f"{key}_xla", f"decode {what}: XLA", _value(res["ours XLA"]), ref)
+            report.add(f"{key}_mixed_tf_function", f"decode {what}: tf.function, {policy} (ref fp32)",
+                       _value(res[f"ours {policy} tf.function"]), ref)
+            report.add(f"{key}_mixed_xla", f"decode {what}: XLA, {policy} (ref fp32)",
+                       _value(res[f"ours {policy} XLA"]), ref)
 
     if "e2e" in args.sections:
         SamProcessor, reason = detect_processor()
@@ -1070,8 +1167,12 @@ def main(argv=None):
     print_results(env, report, extra, flops)
 
 
-def evaluate_targets(report):
-    """`[(target, limit, ratio or None, met, checked-on row name)]` for the issue's targets."""
+def evaluate_targets(report, device="cpu"):
+    """`[(target, limit, ratio or None, met, checked-on row name)]` for the issue's targets.
+
+    The CPU targets compare fp32 with fp32; the GPU throughput target takes the best
+    encoder row, mixed precision included, and applies only to `--device gpu` runs.
+    """
 
     def keys(prefix):
         return [r["key"] for r in report.rows if r["key"].startswith(prefix)]
@@ -1089,6 +1190,7 @@ def evaluate_targets(report):
         ("prompts_64", best(["prompts_64_eager", "prompts_64_tf_function", "prompts_64_xla"]
                             + keys("export_prompts_64"))),
         ("peak_memory", best(["peak_memory"])),
+        ("gpu_throughput", best(keys("encoder_")) if device == "gpu" else None),
     ]
     out = []
     for name, row in checks:
@@ -1100,7 +1202,8 @@ def evaluate_targets(report):
 
 def print_results(env, report, extra, flops):
     """Prints environment, machine figures, the results table, targets and the JSON line."""
-    print(f"# tf_sam vs transformers.SamModel (PyTorch), CPU — {time.strftime('%Y-%m-%d %H:%M %Z')}")
+    print(f"# tf_sam vs transformers.SamModel (PyTorch), {env['device'].upper()} — "
+          f"{time.strftime('%Y-%m-%d %H:%M %Z')}")
     print()
     print(f"- CPU: {env['cpu']} ({', '.join(env['simd']) or 'no AVX'}); logical CPUs {env['logical_cpus']}, "
           f"usable {env['usable_cpus']}; threads per side {env['threads']} "
@@ -1125,6 +1228,14 @@ def print_results(env, report, extra, flops):
         parity.append("e2e mask pixel agreement " + (f"{agreement:.4%}" if isinstance(agreement, float)
                                                       else str(agreement)))
     print("- same weights check: " + "; ".join(parity))
+    low = extra.get("mixed_precision")
+    if low and len(low) > 1:
+        err, scale = low.get("encoder_max_abs_err", "-"), low.get("encoder_max_abs")
+        agree = low.get("mask_sign_agreement", "-")
+        print(f"- {low['policy']} vs our fp32: image embeddings max abs diff "
+              + (f"{err:.3g} (largest |value| {scale:.3g})" if isinstance(err, float) else str(err))
+              + "; 1-point mask logits of equal sign "
+              + (f"{agree:.2%}" if isinstance(agree, float) else str(agree)))
     if extra.get("tflite_bytes"):
         print("- TFLite file sizes: " + ", ".join(f"{k} {v / 2**20:,.1f} MiB" for k, v in extra["tflite_bytes"].items())
               + f" (interpreter: {extra.get('tflite_interpreter')})")
@@ -1158,8 +1269,8 @@ def print_results(env, report, extra, flops):
     print_table(["measurement", "ours", "reference", "ours/ref", "GFLOP/s ours / ref"], rows)
     print()
 
-    targets = evaluate_targets(report)
-    trows = [[name, f"<= {limit}", "-" if ratio is None else f"{ratio:.2f}",
+    targets = evaluate_targets(report, env["device"])
+    trows = [[name, f"<= {limit:.3g}", "-" if ratio is None else f"{ratio:.2f}",
               "n/a" if met is None else ("MET" if met else "not met"), on] for name, limit, ratio, met, on in targets]
     print_table(["target", "ratio limit", "best ratio", "status", "checked on"], trows)
     print()
