@@ -294,13 +294,13 @@ def test_decoder_never_sees_more_than_points_per_batch(models, photo, monkeypatc
     generator = SamAutomaticMaskGenerator(model, points_per_side=6, points_per_batch=10, pred_iou_thresh=0.0,
                                           stability_score_thresh=0.0)
     seen = []
-    decode = generator.predictor._decode
+    decode = generator.predictor._decode_cached  # point prompts use the per-image decoder cache
 
-    def spy(embedding, points, *args):
+    def spy(cache, points, *args):
         seen.append(int(points.shape[0]) * int(points.shape[1]))
-        return decode(embedding, points, *args)
+        return decode(cache, points, *args)
 
-    monkeypatch.setattr(generator.predictor, "_decode", spy)
+    monkeypatch.setattr(generator.predictor, "_decode_cached", spy)
     encodes = []
     encoder = generator.model.get_image_embeddings
     monkeypatch.setattr(generator.model, "get_image_embeddings", lambda *a, **k: encodes.append(1) or encoder(*a, **k))

@@ -43,6 +43,10 @@ class SamPredictor:
         # One compiled decoder; prompt counts vary, so let TF generalise shapes instead of
         # retracing per count.
         self._decode = tf.function(self._decode_eager, reduce_retracing=True)
+        self._decode_cached = tf.function(self._decode_cached_eager, reduce_retracing=True)
+        # The decoder's image-only work (positional encoding, first block's image
+        # projections), done once per image: each point/box decode is then 10-14% cheaper.
+        self._prepare_decoder = tf.function(self.model.get_decoder_cache)
         # The encoder as one graph too: TF's graph executor frees each intermediate after its
         # last use, which eager Keras calls do not (ViT-B peak RSS 3.1 -> 2.4 GB), and it runs
         # ~10% faster. Every image arrives as (1, S, S, 3), so it traces once.
@@ -56,12 +60,14 @@ class SamPredictor:
         if len(features["pixel_values"]) != 1:
             raise ValueError(f"set_image takes one image, got {len(features['pixel_values'])}.")
         self._embedding = self._encode(tf.constant(features["pixel_values"], tf.float32))
+        self._decoder_cache = self._prepare_decoder(self._embedding)
         self.original_size = tuple(int(v) for v in features["original_sizes"][0])
         self.input_size = tuple(int(v) for v in features["reshaped_input_sizes"][0])
 
     def reset_image(self):
         """Forgets the cached image and its embedding."""
         self._embedding = None
+        self._decoder_cache = None
         self.original_size = None
         self.input_size = None
 
@@ -201,14 +207,15 @@ class SamPredictor:
             labels_in = None if labels_in is None else labels_in.reshape(count, 1, -1)
             boxes_in = None if boxes_in is None else boxes_in.reshape(count, 1, 4)
 
-        low_res, scores = self._decode(
-            embedding,
+        prompt_tensors = (
             None if points is None else tf.constant(points, tf.float32),
             None if labels_in is None else tf.constant(labels_in, tf.int32),
             None if boxes_in is None else tf.constant(boxes_in, tf.float32),
-            None if masks_in is None else tf.constant(masks_in),
-            bool(multimask_output),
         )
+        if masks_in is None:
+            low_res, scores = self._decode_cached(self._decoder_cache, *prompt_tensors, bool(multimask_output))
+        else:
+            low_res, scores = self._decode(embedding, *prompt_tensors, tf.constant(masks_in), bool(multimask_output))
         low_res = tf.reshape(low_res, (count, -1) + tuple(low_res.shape[-2:]))
         scores = tf.reshape(scores, (count, -1))
         return low_res.numpy(), scores.numpy()
@@ -217,6 +224,12 @@ class SamPredictor:
         out = self.model(
             image_embeddings=embedding, input_points=points, input_labels=labels, input_boxes=boxes,
             input_masks=masks, multimask_output=multimask_output,
+        )
+        return out.pred_masks, out.iou_scores
+
+    def _decode_cached_eager(self, cache, points, labels, boxes, multimask_output):
+        out = self.model.decode_with_cache(
+            cache, input_points=points, input_labels=labels, input_boxes=boxes, multimask_output=multimask_output,
         )
         return out.pred_masks, out.iou_scores
 

@@ -57,3 +57,16 @@ def test_output_object_behaves_like_hf(model):
     assert out.vision_hidden_states is None
     assert set(out) == {"iou_scores", "pred_masks"}
     assert out.to_tuple()[0] is out["iou_scores"]
+
+
+def test_decoder_cache_misuse_is_a_clear_error(model):
+    cache = model.get_decoder_cache(EMB)
+    points = np.zeros((1, 1, 1, 2), "float32")
+    with pytest.raises(ValueError, match=r"`decoder_cache` must be the dict returned by `get_decoder_cache"):
+        model.decode_with_cache({"image_embeddings": EMB}, input_points=points)
+    with pytest.raises(ValueError, match=r"Give `input_points` or `input_boxes`"):
+        model.decode_with_cache(cache)
+    with pytest.raises(ValueError, match=r"`input_points` has batch size 2 .* images have batch size 1"):
+        model.decode_with_cache(cache, input_points=np.zeros((2, 1, 1, 2), "float32"))
+    with pytest.raises(ValueError, match=r"`image_embeddings` must have shape \(batch, 8, 8, 16\)"):
+        model.get_decoder_cache(np.zeros((1, 16, 8, 8), "float32"))

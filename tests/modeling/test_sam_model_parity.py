@@ -190,3 +190,32 @@ def test_image_wide_positional_encoding_matches(loaded):
     got = np.asarray(ours.get_image_wide_positional_embeddings())
     assert got.shape == ref.shape
     np.testing.assert_allclose(got, ref, atol=5e-5)
+
+
+@pytest.mark.parametrize("name", list(SMALL_CONFIGS))
+def test_decode_with_cache_matches(loaded, name, monkeypatch):
+    # The per-image decoder cache (SamPredictor's path) skips the first two-way block's
+    # image projections; point and box prompts must still give HF's outputs.
+    from tf_sam.modeling.transformer import SamAttention
+
+    calls = []
+    for method in ("attend_projected_keys", "attend_projected_queries"):
+        original = getattr(SamAttention, method)
+        monkeypatch.setattr(SamAttention, method,
+                            lambda self, *a, _o=original, _n=method: calls.append(_n) or _o(self, *a))
+    hf, ours = loaded[name]
+    size = ours.config.vision_config.image_size
+    grid = ours.config.vision_config.image_embedding_size
+    rng = np.random.default_rng(6)
+    pixels = rng.standard_normal((2, 3, size, size)).astype("float32")
+    with torch.no_grad():
+        hf_embeddings = hf.get_image_embeddings(torch.tensor(pixels))
+    cache = ours.get_decoder_cache(to_numpy(hf_embeddings).transpose(0, 2, 3, 1))
+    for case, kwargs in _prompt_cases(size, grid, rng).items():
+        if "input_masks" in kwargs:
+            continue
+        ref = _run_hf(hf, image_embeddings=hf_embeddings, **kwargs)
+        got = ours.decode_with_cache(cache, **kwargs)
+        assert max_rel_err(got.iou_scores, to_numpy(ref.iou_scores)) <= TOL, case
+        assert max_rel_err(got.pred_masks, to_numpy(ref.pred_masks)) <= TOL, case
+    assert {"attend_projected_keys", "attend_projected_queries"} <= set(calls)

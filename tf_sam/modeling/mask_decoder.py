@@ -48,6 +48,8 @@ class SamMaskDecoder(layers.Layer):
         multimask_output: return the 3 multimask outputs instead of the single one;
             "all" returns every token's mask (single-mask token first).
         attention_similarity, target_embedding: optional PerSAM inputs.
+        image_projections: `project_image(image_embeddings, image_pe, dense_embeddings)`,
+            to reuse it across calls for one image.
     Returns: `masks (B, P, M, 4h, 4w)`, `iou_pred (B, P, M)` and the per-block
     image updates of the two-way transformer (HF's `mask_decoder_attentions`).
     """
@@ -87,8 +89,27 @@ class SamMaskDecoder(layers.Layer):
             mlp.build((None, c.hidden_size))
         self.iou_prediction_head.build((None, c.hidden_size))
 
+    def _image_tokens(self, image_embeddings, image_pe, dense_embeddings):
+        """`(B, h, w, C)` image + dense prompt and `(h, w, C)` PE -> `(B, hw, C)`, `(1, hw, C)`."""
+        height, width, channels = image_embeddings.shape[1], image_embeddings.shape[2], self.config.hidden_size
+        # One image per batch entry, not one copy per prompt: the transformer projects it
+        # once and only the image->token updates make it per-prompt (HF copies it P times).
+        src = image_embeddings + ops.cast(dense_embeddings, image_embeddings.dtype)
+        src = ops.reshape(src, (-1, height * width, channels))
+        pos = ops.reshape(ops.cast(image_pe, image_embeddings.dtype), (1, height * width, channels))
+        return src, pos
+
+    def project_image(self, image_embeddings, image_pe, dense_embeddings):
+        """The decoder's work that depends on the image but on no point or box prompt.
+
+        Shapes as in `call`. Returns a tuple of tensors to pass as `call(...,
+        image_projections=...)` with these same three inputs (see
+        `SamTwoWayTransformer.project_image`).
+        """
+        return self.transformer.project_image(*self._image_tokens(image_embeddings, image_pe, dense_embeddings))
+
     def call(self, image_embeddings, image_pe, sparse_embeddings, dense_embeddings,
-             multimask_output=True, attention_similarity=None, target_embedding=None):
+             multimask_output=True, attention_similarity=None, target_embedding=None, image_projections=None):
         c = self.config
         batch = ops.shape(image_embeddings)[0]
         height, width = image_embeddings.shape[1], image_embeddings.shape[2]
@@ -105,13 +126,10 @@ class SamMaskDecoder(layers.Layer):
             )
             tokens = ops.concatenate([tokens, ops.cast(sparse_embeddings, dtype)], axis=2)
 
-        # One image per batch entry, not one copy per prompt: the transformer projects it
-        # once and only the image->token updates make it per-prompt (HF copies it P times).
-        src = image_embeddings + ops.cast(dense_embeddings, dtype)
-        src = ops.reshape(src, (-1, height * width, c.hidden_size))
-        pos = ops.reshape(ops.cast(image_pe, dtype), (1, height * width, c.hidden_size))
-
-        queries, keys, updates = self.transformer(tokens, src, pos, attention_similarity, target_embedding)
+        src, pos = self._image_tokens(image_embeddings, image_pe, dense_embeddings)
+        queries, keys, updates = self.transformer(
+            tokens, src, pos, attention_similarity, target_embedding, image_projections=image_projections
+        )
         iou_token_out = queries[:, :, 0, :]
         mask_tokens_out = queries[:, :, 1 : 1 + self.num_mask_tokens, :]
 

@@ -96,7 +96,6 @@ class SamAttention(layers.Layer):
         Scores are laid out `(heads*Nk, Nq)`: the softmax then runs over a short middle
         axis with every step vectorised along the image, where TF's softmax over 7-long
         rows cost 0.75 ms per block (ViT-B, one prompt)."""
-        heads = self.num_attention_heads
         k = self._head_rows(self.k_proj(key) * self.scale)  # (B, Pk, heads*Nk, inner)
         v = self._head_rows(self.v_proj(value))
         nk = ops.shape(key)[2]
@@ -104,14 +103,21 @@ class SamAttention(layers.Layer):
         fold = ops.matmul(k, ops.transpose(wq))  # (B, Pk, heads*Nk, C)
         shift = ops.matmul(k, ops.expand_dims(bq, 1))  # (B, Pk, heads*Nk, 1)
         scores = ops.matmul(fold, ops.transpose(query, (0, 1, 3, 2))) + shift  # (B, P, heads*Nk, Nq)
+        return self._mix_into_queries(scores, v, nk)
+
+    def _mix_into_queries(self, scores, value_rows, nk):
+        """Softmax of `scores (B, P, heads*Nk, Nq)` over each head's `Nk` rows, then every
+        query's mix of `value_rows (B, Pk, heads*Nk, inner)` (head-masked `V`) through
+        `W_o`: `(B, P, Nq, C)`."""
+        heads = self.num_attention_heads
         s_shape = ops.shape(scores)
         scores = ops.reshape(ops.cast(scores, "float32"), (-1, heads, nk, s_shape[3]))
         exp = ops.exp(scores - ops.max(scores, axis=-2, keepdims=True))
-        probs = ops.cast(ops.reshape(exp / ops.sum(exp, axis=-2, keepdims=True), s_shape), value.dtype)
-        wo, bo = self._kernel(self.out_proj, value.dtype)
+        probs = ops.cast(ops.reshape(exp / ops.sum(exp, axis=-2, keepdims=True), s_shape), value_rows.dtype)
+        wo, bo = self._kernel(self.out_proj, value_rows.dtype)
         # Each head's probabilities sum to 1 at every image token, so b_o / heads on every
         # row adds b_o once: no bias pass over the image-sized output.
-        values_out = ops.matmul(v, wo) + bo / heads  # (B, Pk, heads*Nk, C)
+        values_out = ops.matmul(value_rows, wo) + bo / heads  # (B, Pk, heads*Nk, C)
         return ops.matmul(ops.transpose(probs, (0, 1, 3, 2)), values_out)
 
     def _attend_few_queries(self, query, key, value):
@@ -145,6 +151,36 @@ class SamAttention(layers.Layer):
         probs = ops.cast(ops.reshape(ops.softmax(flat, axis=-1), shape), v.dtype)
         return self.out_proj(ops.matmul(probs, v))
 
+    def project_image_keys(self, key, value):
+        """Image-side work of a tokens -> image attention, for `attend_projected_keys`.
+
+        `key, value (B, 1, N, C)` -> `k_t (B, 1, heads, d, N)`, `v (B, 1, heads, N, d)`.
+        """
+        k_t = ops.transpose(self._split_heads(self.k_proj(key)), (0, 1, 2, 4, 3))
+        return k_t, self._split_heads(self.v_proj(value))
+
+    def attend_projected_keys(self, query, k_t, v, attention_bias=None):
+        """Tokens -> image against `project_image_keys`'s output: `query (B, P, Nq, C)` ->
+        `(B, P, Nq, C)`, the same as `call(query, key, value)`."""
+        return self._attend_heads(self._split_heads(self.q_proj(query) * self.scale), k_t, v, attention_bias)
+
+    def project_image_queries(self, query):
+        """Image-side work of an image -> tokens attention, for `attend_projected_queries`.
+
+        `query (B, 1, N, C)` -> `(B, 1, heads, d, N)`, scaled.
+        """
+        q = self._split_heads(self.q_proj(query) * self.scale)
+        return ops.transpose(q, (0, 1, 2, 4, 3))
+
+    def attend_projected_queries(self, q_t, key, value):
+        """Image -> tokens against `project_image_queries`'s output: `key, value
+        (B, P, Nk, C)` -> `(B, P, N, C)`, the same as `call(query, key, value)`."""
+        k = self._split_heads(self.k_proj(key))  # (B, P, heads, Nk, d)
+        scores = ops.matmul(k, q_t)  # (B, P, heads, Nk, N)
+        shape = ops.shape(scores)
+        scores = ops.reshape(scores, (shape[0], shape[1], shape[2] * shape[3], shape[4]))
+        return self._mix_into_queries(scores, self._head_rows(self.v_proj(value)), shape[3])
+
     def call(self, query, key, value, attention_bias=None):
         if attention_bias is None:
             plan = self._plan(query, key)
@@ -155,10 +191,14 @@ class SamAttention(layers.Layer):
             # Head-masked rows multiply the score and mixing work by `heads`: only for few keys.
             if key.shape[2] is not None and key.shape[2] * self.num_attention_heads <= 512:
                 return self._attend_short_keys(query, key, value)
-        q = self._split_heads(self.q_proj(query))
-        k = self._split_heads(self.k_proj(key))
-        v = self._split_heads(self.v_proj(value))
-        scores = ops.matmul(q, ops.transpose(k, (0, 1, 2, 4, 3))) * self.scale  # (B, P, heads, Nq, Nk)
+        q = self._split_heads(self.q_proj(query) * self.scale)
+        k_t = ops.transpose(self._split_heads(self.k_proj(key)), (0, 1, 2, 4, 3))
+        return self._attend_heads(q, k_t, self._split_heads(self.v_proj(value)), attention_bias)
+
+    def _attend_heads(self, q, k_t, v, attention_bias=None):
+        """Per-head attention: `q (B, P, heads, Nq, d)` (scaled), `k_t (B, P, heads, d, Nk)`,
+        `v (B, P, heads, Nk, d)` -> `(B, P, Nq, C)` through `W_o`."""
+        scores = ops.matmul(q, k_t)  # (B, P, heads, Nq, Nk)
         shape = ops.shape(scores)
         if attention_bias is not None:
             bias = ops.cast(attention_bias, scores.dtype)
@@ -222,7 +262,15 @@ class SamTwoWayAttentionBlock(layers.Layer):
             norm.build(shape)
         self.mlp.build(shape)
 
-    def call(self, queries, keys, query_pe, key_pe, attention_bias=None):
+    def project_image(self, keys, key_pe):
+        """The block's prompt-independent work: both cross attentions' image projections
+        while the image is still the one every prompt shares. `keys, key_pe (B, 1, HW, C)`
+        -> `(k_t, v, q_t)` for `call(..., image_projections=...)`."""
+        k = keys + key_pe
+        k_t, v = self.cross_attn_token_to_image.project_image_keys(k, keys)
+        return k_t, v, self.cross_attn_image_to_token.project_image_queries(k)
+
+    def call(self, queries, keys, query_pe, key_pe, attention_bias=None, image_projections=None):
         if self.skip_first_layer_pe:
             queries = self.self_attn(queries, queries, queries)
         else:
@@ -230,13 +278,20 @@ class SamTwoWayAttentionBlock(layers.Layer):
             queries = queries + self.self_attn(q, q, queries)
         queries = self.layer_norm1(queries)
 
-        # The image is unchanged until the block's end: one positional add serves both attentions.
-        k = keys + key_pe
-        attended = self.cross_attn_token_to_image(queries + query_pe, k, keys, attention_bias)
+        if image_projections is not None:
+            k_t, v, q_t = image_projections
+            attended = self.cross_attn_token_to_image.attend_projected_keys(queries + query_pe, k_t, v, attention_bias)
+        else:
+            # The image is unchanged until the block's end: one positional add serves both attentions.
+            k = keys + key_pe
+            attended = self.cross_attn_token_to_image(queries + query_pe, k, keys, attention_bias)
         queries = self.layer_norm2(queries + attended)
         queries = self.layer_norm3(queries + self.mlp(queries))
 
-        image_update = self.cross_attn_image_to_token(k, queries + query_pe, queries)
+        if image_projections is not None:
+            image_update = self.cross_attn_image_to_token.attend_projected_queries(q_t, queries + query_pe, queries)
+        else:
+            image_update = self.cross_attn_image_to_token(k, queries + query_pe, queries)
         keys = self.layer_norm4(keys + image_update)
         return queries, keys, image_update
 
@@ -262,6 +317,8 @@ class SamTwoWayTransformer(layers.Layer):
         image_pe: `(1, HW, C)` positional encoding of the image tokens.
         attention_similarity: optional PerSAM bias for token->image attention.
         target_embedding: optional PerSAM target added to the tokens before each block.
+        image_projections: `project_image(image_embeddings, image_pe)` of these same
+            inputs, to skip recomputing it.
     Returns: `(queries (B, P, T, C), keys (B, P, HW, C), per-block image updates
     (B, P, HW, C))`.
     """
@@ -294,8 +351,20 @@ class SamTwoWayTransformer(layers.Layer):
         self.final_attn_token_to_image.build()
         self.layer_norm_final_attn.build((None, self.config.hidden_size))
 
+    def project_image(self, image_embeddings, image_pe):
+        """Work of the first block that no prompt changes, done once per image.
+
+        `image_embeddings (B, HW, C)`, `image_pe (1, HW, C)` -> a tuple of tensors for
+        `call(..., image_projections=...)`: then each call skips the first block's image
+        projections (for one ViT-B point, ~70% of that block's multiply-adds). Empty without
+        blocks.
+        """
+        if not self.blocks:
+            return ()
+        return self.blocks[0].project_image(ops.expand_dims(image_embeddings, 1), ops.expand_dims(image_pe, 1))
+
     def call(self, point_embeddings, image_embeddings, image_pe, attention_similarity=None,
-             target_embedding=None):
+             target_embedding=None, image_projections=None):
         keys = ops.expand_dims(image_embeddings, 1)
         key_pe = ops.expand_dims(image_pe, 1)
         if target_embedding is not None:
@@ -307,7 +376,10 @@ class SamTwoWayTransformer(layers.Layer):
         for i, block in enumerate(self.blocks):
             if target_embedding is not None and i > 0:
                 queries = queries + target_embedding
-            queries, keys, update = block(queries, keys, point_embeddings, key_pe, attention_similarity)
+            queries, keys, update = block(
+                queries, keys, point_embeddings, key_pe, attention_similarity,
+                image_projections=image_projections if i == 0 and image_projections else None,
+            )
             updates.append(update)
         q, k = queries + point_embeddings, keys + key_pe
         queries = self.layer_norm_final_attn(queries + self.final_attn_token_to_image(q, k, keys))
