@@ -314,12 +314,16 @@ def postprocess_masks(masks, original_size, reshaped_size, pad_size, mask_thresh
     pad_size = tf.cast(pad_size, tf.int32)
 
     def axis_matrix(low, pad, reshaped, original):
-        to_padded = bilinear_resize_matrix(low, pad)[:reshaped]
-        return tf.matmul(bilinear_resize_matrix(reshaped, original), to_padded)
+        # Only the low-res cells under the kept corner have weight (the rest are padding):
+        # dropping the all-zero columns shrinks both matmuls (by ~1/3 on a 3:2 photo).
+        used = tf.minimum(low, tf.cast(tf.math.ceil(_div(
+            tf.cast(reshaped * low, tf.float32), tf.cast(pad, tf.float32))), tf.int32) + 1)
+        to_padded = bilinear_resize_matrix(low, pad)[:reshaped, :used]
+        return tf.matmul(bilinear_resize_matrix(reshaped, original), to_padded), used
 
-    rows = axis_matrix(h, pad_size[0], reshaped_size[0], original_size[0])  # (H, h)
-    cols = axis_matrix(w, pad_size[1], reshaped_size[1], original_size[1])  # (W, w)
-    flat = tf.reshape(masks, tf.stack([-1, h, w]))
+    rows, used_h = axis_matrix(h, pad_size[0], reshaped_size[0], original_size[0])  # (H, used_h)
+    cols, used_w = axis_matrix(w, pad_size[1], reshaped_size[1], original_size[1])  # (W, used_w)
+    flat = tf.reshape(masks, tf.stack([-1, h, w]))[:, :used_h, :used_w]
     out = tf.matmul(rows[None], tf.matmul(flat, cols, transpose_b=True))
     out = tf.reshape(out, tf.concat([shape[:-2], original_size], axis=0))
     return out > mask_threshold if binarize else out
