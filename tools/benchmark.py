@@ -991,6 +991,7 @@ def main(argv=None):
             extra["mixed_precision"]["encoder_max_abs_err"] = f"failed: {short_error(e)}"
 
     if "decoder" in args.sections:
+        decoder_cache = tf.function(model.get_decoder_cache)(emb_tf)  # as SamPredictor.set_image
         for key, count in (("single_prompt", 1), ("prompts_64", 64)):
             pts = (rng.random((1, count, 1, 2)) * size).astype(np.float32)
             lbl = np.ones((1, count, 1), np.int32)
@@ -1014,7 +1015,6 @@ def main(argv=None):
 
             dec_fn = tf.function(decode, jit_compile=False)
             cached_fn = tf.function(decode_cached)
-            decoder_cache = tf.function(model.get_decoder_cache)(emb_tf)
             dec_xla = tf.function(decode, jit_compile=True)
             mixed_fn = tf.function(decode_mixed, jit_compile=False)
             mixed_xla = tf.function(decode_mixed, jit_compile=True)

@@ -83,15 +83,33 @@ def test_attention_in_row_bands_matches(hf_small_checkpoints, monkeypatch, name)
     _assert_embeddings_match(hf, ours, seed=2)
 
 
+def _images_and_hf_embeddings(hf, ours, rng):
+    """Two random NCHW images for `ours`' input size and HF's embeddings of them."""
+    size = ours.config.vision_config.image_size
+    pixels = rng.standard_normal((2, 3, size, size)).astype("float32")
+    with torch.no_grad():
+        return pixels, hf.get_image_embeddings(torch.tensor(pixels))
+
+
+def _record_calls(monkeypatch, names):
+    """Wraps these `SamAttention` methods to log their names when called; returns the log."""
+    from tf_sam.modeling.transformer import SamAttention
+
+    calls = []
+    for name in names:
+        original = getattr(SamAttention, name)
+        monkeypatch.setattr(SamAttention, name,
+                            lambda self, *a, _o=original, _n=name: calls.append(_n) or _o(self, *a))
+    return calls
+
+
 @pytest.mark.parametrize("name", list(SMALL_CONFIGS))
 def test_all_prompt_kinds_match_from_pixels_and_from_embeddings(loaded, name):
     hf, ours = loaded[name]
     size = ours.config.vision_config.image_size
     grid = ours.config.vision_config.image_embedding_size
     rng = np.random.default_rng(2)
-    pixels = rng.standard_normal((2, 3, size, size)).astype("float32")
-    with torch.no_grad():
-        hf_embeddings = hf.get_image_embeddings(torch.tensor(pixels))
+    pixels, hf_embeddings = _images_and_hf_embeddings(hf, ours, rng)
     embeddings = ours.get_image_embeddings(pixels.transpose(0, 2, 3, 1))
     for case, kwargs in _prompt_cases(size, grid, rng).items():
         ref = _run_hf(hf, image_embeddings=hf_embeddings, **kwargs)
@@ -161,13 +179,7 @@ def test_folded_cross_attention_matches(loaded, monkeypatch):
     # One prompt with few tokens: the decoder's cross attentions fold the image-side
     # projections into the token side (SamAttention._plan) and its self-attention scores
     # head-masked rows; check they ran and agree.
-    from tf_sam.modeling.transformer import SamAttention
-
-    calls = []
-    for name in ("_attend_few_keys", "_attend_few_queries", "_attend_short_keys"):
-        original = getattr(SamAttention, name)
-        monkeypatch.setattr(SamAttention, name,
-                            lambda self, *a, _o=original, _n=name: calls.append(_n) or _o(self, *a))
+    calls = _record_calls(monkeypatch, ("_attend_few_keys", "_attend_few_queries", "_attend_short_keys"))
     hf, ours = loaded["folded-attention"]
     size = ours.config.vision_config.image_size
     rng = np.random.default_rng(3)
@@ -196,20 +208,12 @@ def test_image_wide_positional_encoding_matches(loaded):
 def test_decode_with_cache_matches(loaded, name, monkeypatch):
     # The per-image decoder cache (SamPredictor's path) skips the first two-way block's
     # image projections; point and box prompts must still give HF's outputs.
-    from tf_sam.modeling.transformer import SamAttention
-
-    calls = []
-    for method in ("attend_projected_keys", "attend_projected_queries"):
-        original = getattr(SamAttention, method)
-        monkeypatch.setattr(SamAttention, method,
-                            lambda self, *a, _o=original, _n=method: calls.append(_n) or _o(self, *a))
+    calls = _record_calls(monkeypatch, ("attend_projected_keys", "attend_projected_queries"))
     hf, ours = loaded[name]
     size = ours.config.vision_config.image_size
     grid = ours.config.vision_config.image_embedding_size
     rng = np.random.default_rng(6)
-    pixels = rng.standard_normal((2, 3, size, size)).astype("float32")
-    with torch.no_grad():
-        hf_embeddings = hf.get_image_embeddings(torch.tensor(pixels))
+    _, hf_embeddings = _images_and_hf_embeddings(hf, ours, rng)
     cache = ours.get_decoder_cache(to_numpy(hf_embeddings).transpose(0, 2, 3, 1))
     for case, kwargs in _prompt_cases(size, grid, rng).items():
         if "input_masks" in kwargs:
