@@ -237,6 +237,28 @@ def cpu_model():
     return name, simd
 
 
+def cpu_idle_policy():
+    """The guest's cpuidle driver and halt-poll window, e.g. "haltpoll, guest_halt_poll_ns 0".
+
+    Reported because on a VM an idle vCPU that halts must wait for the host to run it again,
+    a suspect for the machine-wide slow stretches that move the small-op decode rows
+    (measured in tools/BENCHMARKS.md; polling did not remove them). None when Linux does
+    not say.
+    """
+    def read(path):
+        try:
+            with open(path) as f:
+                return f.read().strip()
+        except OSError:
+            return None
+
+    driver = read("/sys/devices/system/cpu/cpuidle/current_driver")
+    if driver is None:
+        return None
+    poll_ns = read("/sys/module/haltpoll/parameters/guest_halt_poll_ns")
+    return driver if poll_ns is None else f"{driver}, guest_halt_poll_ns {poll_ns}"
+
+
 def environment(args):
     """Versions, CPU and threading settings, as a dict."""
     import keras
@@ -252,6 +274,7 @@ def environment(args):
     return {
         "cpu": name,
         "simd": simd,
+        "cpu_idle": cpu_idle_policy(),
         "logical_cpus": os.cpu_count(),
         "usable_cpus": usable,
         "threads": args.threads,
@@ -1221,6 +1244,8 @@ def print_results(env, report, extra, flops):
     print(f"- CPU: {env['cpu']} ({', '.join(env['simd']) or 'no AVX'}); logical CPUs {env['logical_cpus']}, "
           f"usable {env['usable_cpus']}; threads per side {env['threads']} "
           f"(TF inter-op {env['tf_inter_op_threads']})")
+    if env["cpu_idle"]:
+        print(f"- cpuidle: {env['cpu_idle']} (0: idle vCPUs halt without polling first)")
     if extra["config"] == "tiny":
         print("- --tiny smoke run: checks that every path works; its timings mean nothing")
     print(f"- 1-minute load average: {env['loadavg_1min_at_start']:.2f} at start, "
