@@ -50,11 +50,16 @@ class SamAttention(layers.Layer):
         tokens need not be projected to the internal width and back: the projections fold
         into the tiny side (`X (W_q K^T)`, `P (V W_o)`; see `_attend_few_keys` and
         `_attend_few_queries`), which for a single prompt costs ~2.3x fewer FLOPs. Decided
-        from static shapes; an unknown prompt count is assumed large.
+        from static shapes; an unknown prompt count is assumed large, an unknown token
+        count is left to `_runtime_plan`.
         """
         (pq, nq), (pk, nk) = query.shape[1:3], key.shape[1:3]
         if nq is None or nk is None:
             return None
+        return self._plan_for_counts(pq, nq, pk, nk)
+
+    def _plan_for_counts(self, pq, nq, pk, nk):
+        """`_plan` for prompt counts `pq, pk` (None: unknown) and token counts `nq, nk`."""
         if pq is None or pk is None:
             p = 1024
             pq, pk = (1 if pq == 1 else p), (1 if pk == 1 else p)
@@ -68,6 +73,21 @@ class SamAttention(layers.Layer):
         if best > 0.8 * project:
             return None
         return "few_keys" if best == few_keys else "few_queries"
+
+    def _runtime_plan(self, query, key):
+        """`(plan, limit)` when one side's token count is known only at run time (the
+        exported decoders take any number of points): folding pays up to `limit` tokens
+        there, so `call` picks the folded or the projected path per call. None otherwise."""
+        (pq, nq), (pk, nk) = query.shape[1:3], key.shape[1:3]
+        if (nq is None) == (nk is None):
+            return None
+        plan, limit = None, 0
+        for n in range(1, 1025):
+            here = self._plan_for_counts(pq, n if nq is None else nq, pk, n if nk is None else nk)
+            if here is None or plan not in (None, here):
+                break
+            plan, limit = here, n
+        return None if plan is None else (plan, limit)
 
     def _kernel(self, dense, dtype):
         return ops.cast(dense.kernel, dtype), ops.cast(dense.bias, dtype)
@@ -191,6 +211,19 @@ class SamAttention(layers.Layer):
             # Head-masked rows multiply the score and mixing work by `heads`: only for few keys.
             if key.shape[2] is not None and key.shape[2] * self.num_attention_heads <= 512:
                 return self._attend_short_keys(query, key, value)
+            runtime = self._runtime_plan(query, key)
+            if runtime is not None:
+                plan, limit = runtime
+                folded = self._attend_few_keys if plan == "few_keys" else self._attend_few_queries
+                tokens = ops.shape(query if query.shape[2] is None else key)[2]
+                return ops.cond(
+                    tokens <= limit, lambda: folded(query, key, value), lambda: self._attend_projected(query, key, value)
+                )
+        return self._attend_projected(query, key, value, attention_bias)
+
+    def _attend_projected(self, query, key, value, attention_bias=None):
+        """Both sides projected to the internal width, then per-head attention: `query
+        (B, Pq, Nq, C)`, `key, value (B, Pk, Nk, C)` -> `(B, max(Pq, Pk), Nq, C)`."""
         q = self._split_heads(self.q_proj(query) * self.scale)
         k_t = ops.transpose(self._split_heads(self.k_proj(key)), (0, 1, 2, 4, 3))
         return self._attend_heads(q, k_t, self._split_heads(self.v_proj(value)), attention_bias)
