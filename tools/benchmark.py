@@ -5,7 +5,8 @@ Both sides get the same random weights: HF's `SamModel` is built from the config
 parameter is perturbed (so no zero-initialised tensor hides anything), it is saved with
 `save_pretrained` to a temporary directory, and `tf_sam.SamModel.from_pretrained` loads it.
 Each measurement then runs both sides in alternation (warm-up first, then A B A B ...)
-with the same thread count, and the medians are reported.
+with the same thread count, and the medians are reported, with the spread of the
+per-round ratios (each round's sample of ours over the reference's beside it).
 
 Usage (from the repository root):
 
@@ -757,7 +758,7 @@ def measure_exports(artefacts, model, hf, vision, args, report, flops):
                               args.encoder_repeats, args.min_sample_s, "SavedModel embed_image")
         report.add("export_encoder_saved_model",
                    f"SavedModel fp32 embed_image: photo -> embeddings, incl. preprocessing ({photo_name})",
-                   _value(res["ours SavedModel"]), _value(res["reference"]), gflop=flops / 1e9)
+                   res["ours SavedModel"], res["reference"], gflop=flops / 1e9)
         embedded = embed(image=image_tf)
         for key, count, repeats in (("single_prompt", 1, args.repeats), ("prompts_64", 64, args.encoder_repeats)):
             inputs = dict(point_coords=tf.constant(prompts[count]), point_labels=tf.ones((count, 1), tf.int32),
@@ -768,7 +769,7 @@ def measure_exports(artefacts, model, hf, vision, args, report, flops):
                                   repeats, args.min_sample_s, f"SavedModel decode x{count}")
             what = "1 point" if count == 1 else "64 prompts x 1 point"
             report.add(f"export_{key}_saved_model", f"SavedModel fp32 decode {what} -> binary masks at photo size",
-                       _value(res["ours SavedModel"]), _value(res["reference"]))
+                       res["ours SavedModel"], res["reference"])
 
     # ---- TFLite encoders, all formats and the reference in one round-robin
     encoders = [(fmt, artefacts[("tflite", fmt, "encoder")]) for fmt, _ in TFLITE_FORMATS]
@@ -777,9 +778,9 @@ def measure_exports(artefacts, model, hf, vision, args, report, flops):
     res = run_alternating(live + [("reference", ref_encoder)], args.encoder_repeats, args.min_sample_s,
                           "TFLite encoder") if live else {}
     for fmt, runner in encoders:
-        ours = runner if isinstance(runner, str) else _value(res[f"ours TFLite {fmt}"])
+        ours = runner if isinstance(runner, str) else res[f"ours TFLite {fmt}"]
         report.add(f"export_encoder_tflite_{fmt}", f"TFLite {fmt} encoder: pixels -> embeddings", ours,
-                   _value(res.get("reference")), gflop=flops / 1e9)
+                   res.get("reference"), gflop=flops / 1e9)
 
     # ---- TFLite decoders: one prompt per invoke
     decoders = [(fmt, artefacts[("tflite", fmt, "decoder")]) for fmt, _ in TFLITE_FORMATS]
@@ -797,9 +798,9 @@ def measure_exports(artefacts, model, hf, vision, args, report, flops):
                               args.min_sample_s, f"TFLite decode x{count}") if live else {}
         what = "1 point" if count == 1 else "64 prompts = 64 invokes (ref: one batched call)"
         for fmt, runner in decoders:
-            ours = runner if isinstance(runner, str) else _value(res[f"ours TFLite {fmt}"])
+            ours = runner if isinstance(runner, str) else res[f"ours TFLite {fmt}"]
             report.add(f"export_{key}_tflite_{fmt}", f"TFLite {fmt} decode {what} -> mask logits at photo size",
-                       ours, _value(res.get("reference")))
+                       ours, res.get("reference"))
 
     return tflite_mask_iou(artefacts, pixels_np, prompts[64][:16], side, (h, w))
 
@@ -886,10 +887,22 @@ class Report:
         self.rows = []
 
     def add(self, key, name, ours, ref, unit="s", note="", gflop=None):
-        """Adds a row; `ours`/`ref` are numbers (seconds or MiB) or an 'n/a ...' string."""
+        """Adds a row. `ours`/`ref` are numbers (seconds or MiB), an 'n/a ...' string, or
+        `run_alternating` entries: then their medians, and when both come from the same
+        alternation, the ratio of each round's pair of samples as well."""
+        rounds = None
+        if isinstance(ours, dict) and isinstance(ref, dict):
+            a, b = ours.get("samples_s"), ref.get("samples_s")
+            if a and b and len(a) == len(b):
+                # Adjacent samples share the machine's state of that moment: their ratios show
+                # how much of a row's ratio is the minute it ran in.
+                rounds = [x / y for x, y in zip(a, b)]
+        ours, ref = _value(ours), _value(ref)
         row = {"key": key, "name": name, "ours": ours, "ref": ref, "unit": unit, "note": note}
         if isinstance(ours, (int, float)) and isinstance(ref, (int, float)) and ref > 0:
             row["ratio"] = ours / ref
+        if rounds:
+            row["round_ratios"] = rounds
         if gflop is not None:
             row["ours_gflops"] = gflop / ours if isinstance(ours, (int, float)) else None
             row["ref_gflops"] = gflop / ref if isinstance(ref, (int, float)) else None
@@ -902,9 +915,10 @@ class Report:
 
 
 def _value(result):
-    """Median seconds of a `run_alternating` entry, or its error marked 'failed'."""
-    if result is None:
-        return None
+    """Median seconds of a `run_alternating` entry, or its error marked 'failed'; any other
+    value (a number, a reason, None) as it is."""
+    if not isinstance(result, dict):
+        return result
     return result.get("median_s", f"failed: {result.get('error', '?')}")
 
 
@@ -995,17 +1009,17 @@ def main(argv=None):
             (f"ours {policy} XLA", lambda: mixed_xla(pixels_tf)),
             ("reference", ref_encoder),
         )], enc_repeats, args.min_sample_s, "encoder")
-        ref = _value(res["reference"])
+        ref = res["reference"]
         report.add("encoder_eager", "encoder, 1 image: Keras eager get_image_embeddings",
-                   _value(res["ours eager"]), ref, gflop=flops / 1e9)
+                   res["ours eager"], ref, gflop=flops / 1e9)
         report.add("encoder_tf_function", "encoder, 1 image: tf.function(jit_compile=False)",
-                   _value(res["ours tf.function"]), ref, gflop=flops / 1e9)
+                   res["ours tf.function"], ref, gflop=flops / 1e9)
         report.add("encoder_xla", "encoder, 1 image: tf.function(jit_compile=True) XLA",
-                   _value(res["ours XLA"]), ref, gflop=flops / 1e9)
+                   res["ours XLA"], ref, gflop=flops / 1e9)
         report.add("encoder_mixed_tf_function", f"encoder, 1 image: tf.function, {policy} (ref fp32)",
-                   _value(res[f"ours {policy} tf.function"]), ref, gflop=flops / 1e9)
+                   res[f"ours {policy} tf.function"], ref, gflop=flops / 1e9)
         report.add("encoder_mixed_xla", f"encoder, 1 image: XLA, {policy} (ref fp32)",
-                   _value(res[f"ours {policy} XLA"]), ref, gflop=flops / 1e9)
+                   res[f"ours {policy} XLA"], ref, gflop=flops / 1e9)
         try:
             low = tf.cast(mixed_fn(pixels_tf), tf.float32).numpy()
             extra["mixed_precision"]["encoder_max_abs_err"] = float(np.abs(low - emb_tf.numpy()).max())
@@ -1066,18 +1080,18 @@ def main(argv=None):
                 except Exception as e:  # noqa: BLE001 - agreement is informative only
                     extra["mixed_precision"]["mask_sign_agreement"] = f"failed: {short_error(e)}"
             what = "1 point" if count == 1 else "64 prompts x 1 point, one call"
-            ref = _value(res["reference"])
-            report.add(f"{key}_eager", f"decode {what}: Keras eager", _value(res["ours eager"]), ref)
-            report.add(f"{key}_tf_function", f"decode {what}: tf.function", _value(res["ours tf.function"]), ref)
-            report.add(f"{key}_xla", f"decode {what}: XLA", _value(res["ours XLA"]), ref)
+            ref = res["reference"]
+            report.add(f"{key}_eager", f"decode {what}: Keras eager", res["ours eager"], ref)
+            report.add(f"{key}_tf_function", f"decode {what}: tf.function", res["ours tf.function"], ref)
+            report.add(f"{key}_xla", f"decode {what}: XLA", res["ours XLA"], ref)
             # SamPredictor's path: the decoder's image-only work done once per image. Not
             # a target row: the reference is given only the embeddings.
             report.add(f"{key}_cached", f"decode {what}: tf.function, per-image decoder cache (SamPredictor)",
-                       _value(res["ours cached"]), ref)
+                       res["ours cached"], ref)
             report.add(f"{key}_mixed_tf_function", f"decode {what}: tf.function, {policy} (ref fp32)",
-                       _value(res[f"ours {policy} tf.function"]), ref)
+                       res[f"ours {policy} tf.function"], ref)
             report.add(f"{key}_mixed_xla", f"decode {what}: XLA, {policy} (ref fp32)",
-                       _value(res[f"ours {policy} XLA"]), ref)
+                       res[f"ours {policy} XLA"], ref)
 
     if "e2e" in args.sections:
         SamProcessor, reason = detect_processor()
@@ -1117,7 +1131,7 @@ def main(argv=None):
             except Exception as e:  # noqa: BLE001 - agreement is informative only
                 extra["e2e_mask_agreement"] = f"failed: {short_error(e)}"
             report.add("e2e", f"end-to-end photo -> mask ({photo_name}, eager)",
-                       _value(res["ours"]), _value(res["reference"]))
+                       res["ours"], res["reference"])
 
     # The memory children run while the exports are written and converted: that work is
     # untimed, and VmHWM is per process, so sharing the cores only slows both down.
@@ -1185,7 +1199,7 @@ def main(argv=None):
                     log(f"amg: reference pipeline unavailable: {short_error(e)}")
                 res = run_alternating(candidates, enc_repeats, args.min_sample_s, "amg")
                 report.add("amg", f"automatic mask generation, 32 points per side ({photo_name}; ref NMS by tf_sam)",
-                           _value(res["ours"]), _value(res.get("reference")))
+                           res["ours"], res.get("reference"))
             # One child at a time: each reports its own peak, and running them together
             # would only slow both down on a small machine.
             for keep_all, suffix in ((False, ""), (True, "_keep_all")):
@@ -1303,8 +1317,13 @@ def print_results(env, report, extra, flops):
         if r.get("ours_gflops") or r.get("ref_gflops"):
             g = lambda v: fmt_gflop(v) if v else "-"  # noqa: E731
             gf = f"{g(r.get('ours_gflops'))} / {g(r.get('ref_gflops'))}"
-        rows.append([r["name"], ours, ref, fmt_ratio(r["ours"], r["ref"]), gf])
-    print_table(["measurement", "ours", "reference", "ours/ref", "GFLOP/s ours / ref"], rows)
+        spread = ""
+        if r.get("round_ratios"):
+            q = sorted(r["round_ratios"])
+            spread = f"{q[0]:.2f} / {statistics.median(q):.2f} / {q[-1]:.2f}"
+        rows.append([r["name"], ours, ref, fmt_ratio(r["ours"], r["ref"]), spread, gf])
+    print_table(["measurement", "ours", "reference", "ours/ref", "per-round ratio min / median / max",
+                 "GFLOP/s ours / ref"], rows)
     print()
 
     targets = evaluate_targets(report, env["device"])
